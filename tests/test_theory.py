@@ -1,0 +1,302 @@
+"""theory.py: every formula against hand-computed values or slow loops, the optimum it finds
+against the theorems, and `python theory.py --run` in a subprocess. About 9 s on 2 CPU cores."""
+import json
+import math
+import os
+import subprocess
+import sys
+from functools import partial
+from statistics import fmean, pvariance
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losses
+import theory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tensors here are tiny; on a busy 2-core machine a second thread slows them 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def slow_stats(u, v):
+    """Mean and population variance of the positives and of the ordered cross-view negatives,
+    by looping over every pair."""
+    n = len(u)
+    pos = [float(u[i] @ v[i]) for i in range(n)]
+    neg = [float(u[i] @ v[j]) for i in range(n) for j in range(n) if i != j]
+    return {"pos_mean": fmean(pos), "pos_var": pvariance(pos), "neg_mean": fmean(neg),
+            "neg_var": pvariance(neg), "n": n}
+
+
+def simplex_gap(u, v):
+    """max |u_i^T v_j - S*_ij| with S* = 1 on the diagonal and -1/(n-1) off it."""
+    n = len(u)
+    star = torch.full((n, n), -1.0 / (n - 1), dtype=torch.float64).fill_diagonal_(1.0)
+    return (u @ v.T - star).abs().max().item()
+
+
+# --------------------------------------------------------------------------------------------
+# Formulas
+# --------------------------------------------------------------------------------------------
+
+def test_negative_and_within_batch_optima():
+    assert theory.negative_similarity_optimum(2) == -1.0
+    assert theory.negative_similarity_optimum(8) == pytest.approx(-1 / 7)
+    assert theory.within_batch_negative_similarity(5) == pytest.approx(-0.25)
+    assert theory.within_batch_negative_similarity(2) == -1.0
+
+
+def test_positive_similarity_bound_by_hand():
+    assert theory.positive_similarity_bound(-1 / 7, 8) == pytest.approx(1.0)  # the simplex
+    assert theory.positive_similarity_bound(0.0, 5) == pytest.approx(1.25)
+    assert theory.positive_similarity_bound(torch.tensor(-0.5), 3) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n,d,aligned", [(2, 2, False), (5, 3, False), (9, 4, True)])
+def test_positive_similarity_bound_holds_for_any_embeddings(n, d, aligned):
+    g = torch.Generator().manual_seed(n)
+    u = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    v = u if aligned else F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    stats = slow_stats(u, v)
+    assert stats["pos_mean"] <= theory.positive_similarity_bound(stats["neg_mean"], n) + 1e-12
+
+
+def test_minibatch_variance_bounds_by_hand():
+    low, high = theory.minibatch_variance_bounds(4, 2)  # Fig. 2: 2 / (1 * 9), 4 * 2 / 9
+    assert (low, high) == (pytest.approx(2 / 9), pytest.approx(8 / 9))
+    assert theory.minibatch_variance_bounds(6, 6) == (0.0, 0.0)
+    low, high = theory.minibatch_variance_bounds(12, 4)  # 8 / (3 * 121), 12 * 8 / (3 * 121)
+    assert (low, high) == (pytest.approx(8 / 363), pytest.approx(96 / 363))
+
+
+@pytest.mark.parametrize("n,m", [(4, 2), (6, 2), (6, 3), (8, 4), (12, 3)])
+def test_batch_simplices_reach_both_ends_of_eq_11(n, m):
+    low, high = theory.minibatch_variance_bounds(n, m)
+    for shared, d, var in [(False, n, low), (True, m - 1, high)]:
+        u = theory.batch_simplices(n, m, d, shared=shared)
+        assert u.shape == (n, d)
+        assert torch.allclose(u.norm(dim=1), torch.ones(n, dtype=torch.float64))
+        for k in range(0, n, m):  # every batch a regular (m-1)-simplex
+            assert simplex_gap(u[k:k + m], u[k:k + m]) < 1e-12
+        stats = slow_stats(u, u)
+        assert stats["neg_mean"] == pytest.approx(-1 / (n - 1), abs=1e-12)
+        assert stats["neg_var"] == pytest.approx(var, abs=1e-12)
+
+
+def test_figure2_by_hand():
+    """n = 4, d = 3, batches {1, 2}, {3, 4}: Var[s_neg] = 8/9, 2/9, 0, all with E = -1/3."""
+    e1, e2 = torch.eye(3, dtype=torch.float64)[:2, None]  # (1, 3) each
+    shared = torch.cat([e1, -e1, e1, -e1])  # both batches use one antipodal pair
+    orthogonal = torch.cat([e1, -e1, e2, -e2])  # the two batches on orthogonal lines
+    tetrahedron = torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]],
+                               dtype=torch.float64) / 3 ** 0.5
+    for u, var in [(shared, 8 / 9), (orthogonal, 2 / 9), (tetrahedron, 0.0)]:
+        stats = slow_stats(u, u)
+        assert stats["neg_mean"] == pytest.approx(-1 / 3, abs=1e-12)
+        assert stats["neg_var"] == pytest.approx(var, abs=1e-12)
+    for u, var in [(theory.batch_simplices(4, 2, 3, shared=True), 8 / 9),
+                   (theory.batch_simplices(4, 2, 3), 2 / 9), (theory.batch_simplices(4, 4, 3), 0)]:
+        assert slow_stats(u, u)["neg_var"] == pytest.approx(var, abs=1e-12)
+
+
+def siglip_ratio(t, b, n):
+    """eq. (10)'s left-hand side, literally."""
+    return (1 + math.exp(t / (n - 1) + b)) / (1 + math.exp(t - b))
+
+
+@pytest.mark.parametrize("t,b,n,expected", [
+    (5.0, 2.0, 8, True),    # ratio (1 + e^2.714) / (1 + e^3) = 0.763 < 3
+    (5.0, 3.0, 8, False),   # ratio (1 + e^3.714) / (1 + e^2) = 5.01 >= 3
+    (5.0, 2.7, 8, True),    # 2.86 < 3
+    (5.0, 2.8, 8, False),   # 3.45 >= 3
+    (1.0, 0.0, 3, False),   # (1 + e^0.5) / (1 + e) = 0.712 >= 0.5
+    (10.0, 0.0, 3, True),   # (1 + e^5) / (1 + e^10) = 0.0068 < 0.5
+    (5.0, 2.0, 2, False),   # n = 2: right-hand side 0
+])
+def test_siglip_excessive_separation_by_hand(t, b, n, expected):
+    assert theory.siglip_excessive_separation(t, b, n) is expected
+    if n > 2:
+        assert (siglip_ratio(t, b, n) < (n - 2) / 2) is expected
+
+
+def test_siglip_condition_survives_huge_t():
+    assert theory.siglip_excessive_separation(1000.0, 0.0, 8)  # e^1000 would overflow
+    assert not theory.siglip_excessive_separation(1000.0, 2000.0, 8)
+
+
+def test_excessive_separation_by_hand():
+    assert theory.excessive_separation(1.0, 3.0, 8)  # 1 < (6/14) 3 = 1.29
+    assert not theory.excessive_separation(2.0, 3.0, 8)  # 2 > 1.29
+    assert not theory.excessive_separation(1.0, 100.0, 2)  # n = 2: right-hand side 0
+
+
+@pytest.mark.parametrize("n", [3, 4, 8, 32])
+def test_eq_10_is_eq_8_with_siglips_derivatives(n):
+    """Ex. 5.4: phi'(1) and psi'(-1/(n-1)) by autograd of Table 3's phi and psi."""
+    for t in (0.5, 1.0, 2.0, 5.0, 10.0, 20.0):
+        for b in (-2.0, 0.0, 1.0, 2.0, 3.0, 5.0, 10.0):
+            x = torch.tensor([1.0, -1.0 / (n - 1)], dtype=torch.float64, requires_grad=True)
+            phi = -F.softplus(b - t * x[0])
+            psi = (n - 1) * F.softplus(t * x[1] - b)
+            dphi, dpsi = torch.autograd.grad(phi + psi, x)[0].tolist()
+            assert theory.excessive_separation(dphi, dpsi, n) == \
+                theory.siglip_excessive_separation(t, b, n), (t, b)
+
+
+def test_infonce_similarity_gradient_is_autograd_and_shrinks_with_batch():
+    g = torch.Generator().manual_seed(0)
+    tau, m1, m2 = 0.3, 3, 7
+    for _ in range(5):
+        u, v = F.normalize(torch.randn(2, m2, 5, generator=g, dtype=torch.float64), dim=2)
+        S = (u @ v.T).requires_grad_()
+        labels = torch.arange(m2)
+        loss = 0.5 * F.cross_entropy(S / tau, labels) + 0.5 * F.cross_entropy(S.T / tau, labels)
+        assert loss.item() == pytest.approx(losses.infonce_loss(u, v, tau).item(), abs=1e-12)
+        (grad,) = torch.autograd.grad(loss, S)
+        large = theory.infonce_similarity_gradient(S.detach(), tau)
+        assert torch.allclose(grad, large, atol=1e-14)
+        small = theory.infonce_similarity_gradient(S.detach()[:m1, :m1], tau)
+        off = ~torch.eye(m1, dtype=torch.bool)
+        assert (large[:m1, :m1][off] >= 0).all()
+        assert (small[off] >= large[:m1, :m1][off]).all()  # Thm 5.6
+
+
+@pytest.mark.parametrize("call", [
+    lambda: theory.negative_similarity_optimum(1),
+    lambda: theory.negative_similarity_optimum(2.5),
+    lambda: theory.negative_similarity_optimum(True),
+    lambda: theory.positive_similarity_bound(0.0, 1),
+    lambda: theory.within_batch_negative_similarity(1),
+    lambda: theory.minibatch_variance_bounds(4, 1),
+    lambda: theory.minibatch_variance_bounds(4, 8),
+    lambda: theory.excessive_separation(1.0, 1.0, 1),
+    lambda: theory.siglip_excessive_separation(0.0, 1.0, 8),
+    lambda: theory.siglip_excessive_separation(1.0, math.nan, 8),
+    lambda: theory.batch_simplices(6, 4, 6),
+    lambda: theory.batch_simplices(6, 3, 3),  # two orthogonal 2-simplices need d >= 4
+    lambda: theory.optimize_embeddings(losses.spectral_loss, 6, 0),
+    lambda: theory.optimize_embeddings(losses.spectral_loss, 6, 3, batch_size=4),
+    lambda: theory.optimize_embeddings(losses.spectral_loss, 6, 3, batch_size=12),
+    lambda: theory.optimize_embeddings(losses.spectral_loss, 6, 3, lr=0.0),
+])
+def test_invalid_arguments_raise(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+# --------------------------------------------------------------------------------------------
+# The optimum found numerically
+# --------------------------------------------------------------------------------------------
+
+def test_optimize_embeddings_is_deterministic_per_seed():
+    loss_fn = partial(losses.simclr_loss, temperature=0.5)
+    kwargs = dict(n=6, d=4, batch_size=2, fixed_batches=False, steps=30)
+    u1, v1 = theory.optimize_embeddings(loss_fn, seed=3, **kwargs)
+    u2, v2 = theory.optimize_embeddings(loss_fn, seed=3, **kwargs)
+    u3, _ = theory.optimize_embeddings(loss_fn, seed=4, **kwargs)
+    assert torch.equal(u1, u2) and torch.equal(v1, v2)
+    assert not torch.equal(u1, u3)
+    assert u1.shape == (6, 4) and not u1.requires_grad
+    assert torch.allclose(u1.norm(dim=1), torch.ones(6, dtype=torch.float64))
+
+
+def test_thm_5_1_simclr_reaches_the_simplex():
+    u, v = theory.optimize_embeddings(partial(losses.simclr_loss, temperature=0.5), 6, 6)
+    assert simplex_gap(u, v) < 1e-6
+
+
+def test_thm_5_5_fixed_batches():
+    n, m = 8, 4
+    u, v = theory.optimize_embeddings(partial(losses.simclr_loss, temperature=0.5), n, n,
+                                      batch_size=m)
+    stats = slow_stats(u, v)
+    low, high = theory.minibatch_variance_bounds(n, m)
+    assert low - 1e-6 <= stats["neg_var"] <= high + 1e-6
+    assert stats["neg_mean"] == pytest.approx(-1 / (n - 1), abs=1e-6)
+    for k in range(0, n, m):  # within each batch: s_pos = 1, negatives at -1/(m-1)
+        assert simplex_gap(u[k:k + m], v[k:k + m]) < 1e-6
+
+
+def test_ex_5_4_siglip_separates_excessively_and_within_view_negatives_cure_it():
+    n, t = 6, 5.0  # eq. (10) at n = 6: ratio(b = 2) = 1 < 2, ratio(b = 3) = 6.6 >= 2
+    assert theory.siglip_excessive_separation(t, 2.0, n)
+    assert not theory.siglip_excessive_separation(t, 3.0, n)
+    u, v = theory.optimize_embeddings(partial(losses.siglip_loss, t=t, b=2.0), n, n)
+    stats = slow_stats(u, v)
+    assert (u * v).sum(1).max().item() < 1 - 1e-3
+    assert stats["neg_mean"] < -1 / (n - 1) - 1e-3
+    assert stats["pos_mean"] <= theory.positive_similarity_bound(stats["neg_mean"], n) + 1e-12
+    for b, within in [(2.0, True), (3.0, False)]:
+        loss_fn = partial(losses.siglip_loss, t=t, b=b, within_view=within)
+        assert simplex_gap(*theory.optimize_embeddings(loss_fn, n, n)) < 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing a training run with the theory
+# --------------------------------------------------------------------------------------------
+
+def test_compare_with_theory_rows():
+    u = theory.batch_simplices(8, 8, 8)
+    rows = theory.compare_with_theory(slow_stats(u, u), n=8, m=4)
+    assert [r["quantity"] for r in rows] == ["E[s_neg]", "E[s_pos]", "Var[s_neg]",
+                                             "within-batch s_neg"]
+    assert all(set(r) == {"quantity", "predicted", "measured", "note"} for r in rows)
+    e_neg, e_pos, var, within = rows
+    assert e_neg["predicted"] == pytest.approx(-1 / 7)
+    assert e_neg["measured"] == pytest.approx(-1 / 7)
+    assert e_pos["predicted"] == pytest.approx(1.0) and "holds" in e_pos["note"]
+    assert var["predicted"] == pytest.approx(theory.minibatch_variance_bounds(8, 4))
+    assert "below" in var["note"]  # the full-batch simplex has variance 0 < eq. (11)'s low
+    assert within["predicted"] == pytest.approx(-1 / 3) and within["measured"] is None
+
+
+def test_compare_with_theory_flags_an_impossible_positive_mean():
+    stats = {"pos_mean": 0.9, "neg_mean": -0.5, "neg_var": 0.1, "n": 100}  # bound 0.51
+    assert "VIOLATED" in theory.compare_with_theory(stats, n=1000, m=10)[1]["note"]
+    with pytest.raises(ValueError, match="neg_var"):
+        theory.compare_with_theory({"pos_mean": 0.9, "neg_mean": -0.5, "n": 100}, n=1000, m=10)
+
+
+def test_format_table_aligns_columns():
+    rows = [{"quantity": "a", "predicted": (0.25, 1.5), "measured": None},
+            {"quantity": "longer name", "predicted": -1e-9, "measured": 0.5, "note": "x"}]
+    lines = theory.format_table(rows).splitlines()
+    assert lines[0].split() == ["quantity", "predicted", "measured", "note"]
+    assert lines[2].startswith("a" + " " * 12 + "[0.250000, 1.500000]")
+    assert "-1.00e-09" in lines[3] and lines[3].endswith("0.500000  x")
+    assert lines[2].index("-") == lines[3].index("0.5")  # None shows as '-', column aligned
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "theory.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_run_on_a_missing_dir_exits_2_with_one_line(tmp_path):
+    result = run_cli("--run", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    (tmp_path / "summary.json").write_text(json.dumps({"n_train": 100}))
+    result = run_cli("--run", str(tmp_path))
+    assert result.returncode == 2 and "'args'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_run_prints_the_table(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    u, v = F.normalize(torch.randn(2, 20, 8, generator=g, dtype=torch.float64), dim=2)
+    summary = {"args": {"batch_size": 16}, "n_train": 256,
+               "final": {"probe_stats": slow_stats(u, v)}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    result = run_cli("--run", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for text in ["E[s_neg]", "E[s_pos]", "Var[s_neg]", f"{-1 / 255:.6f}", "holds"]:
+        assert text in result.stdout

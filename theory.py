@@ -1,0 +1,561 @@
+"""The theory of Lee, Lim, Lee & Sohn (ICML 2025), section 5, as formulas and as a numerical lab.
+
+The paper asks what the similarities of the OPTIMAL embeddings are. With a free encoder the
+optimum over f is an optimum over the embeddings themselves, so every claim can be checked by
+optimising n free unit-norm pairs (u_i, v_i) in R^d and measuring:
+
+    Thm 5.1   full batch, d >= n-1:  s_pos = 1 and every s_neg = -1/(n-1) (a simplex ETF)
+    Thm 5.2   any f:  E[s_pos] <= 1 + E[s_neg] + 1/(n-1)                                eq. (7)
+    Thm 5.3   phi'(1) < (n-2)/(2(n-1)) psi'(-1/(n-1))  =>  s_pos < 1 ("excessive separation")
+    Ex. 5.4   the same condition for SigLIP in closed form                               eq. (10)
+    Thm 5.5   fixed batches of m:  (n-m)/((m-1)(n-1)^2) <= Var[s_neg] <= n(n-m)/((m-1)(n-1)^2)
+    Thm 5.6   InfoNCE pushes each in-batch negative harder in a smaller batch
+    Def. 5.7  the L_VRNS term lowers Var[s_neg] under reshuffled batches
+
+Run:
+    python theory.py                # the lab: ~45 predicted-vs-measured rows with PASS/FAIL,
+                                    # about 15 s on 2 CPU cores; exit status 1 if a row fails
+    python theory.py --run out/     # compare a finished run (out/summary.json) with the theory
+    python -m pytest tests/test_theory.py
+
+Shape legend: n = number of pairs (the training-set size in the theory), m = batch size,
+b = n / m batches, d = embedding dimension. u, v: (n, d) or (m, d) with unit rows; row i of u and
+row i of v are a positive pair. S = u v^T: (n, n), S[i, j] = s_ij = u_i^T v_j.
+"""
+import argparse
+import json
+import math
+import numbers
+import os
+import sys
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+import losses
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_batch(n, m):
+    _check_int("n", n, 2)
+    _check_int("m", m, 2)
+    if m > n:
+        raise ValueError(f"the batch size m = {m} cannot exceed the number of pairs n = {n}")
+
+
+# --------------------------------------------------------------------------------------------
+# Full batch (Thm 5.1 - 5.3, Ex. 5.4)
+# --------------------------------------------------------------------------------------------
+
+def negative_similarity_optimum(n):
+    """Thm 5.1: the optimal negative similarity with n pairs in one batch, -1/(n-1).
+
+    Why this value: with u_i = v_i unit vectors, sum_{i!=j} u_i^T u_j = ||sum_i u_i||^2 - n >= -n,
+    so the mean over the n(n-1) ordered pairs is >= -1/(n-1), with equality iff sum_i u_i = 0.
+    Every pair at exactly -1/(n-1) is the regular simplex (needs d >= n-1).
+    """
+    _check_int("n", n, 2)
+    return -1.0 / (n - 1)
+
+
+def positive_similarity_bound(mean_neg, n):
+    """Thm 5.2, eq. (7): for ANY embeddings of n pairs, E[s_pos] <= 1 + E[s_neg] + 1/(n-1).
+
+    Proof in one line: with centred views u_i - u_bar, v_i - v_bar,
+        E[s_pos] - E[s_neg] = (1/(n-1)) sum_i (u_i - u_bar)^T (v_i - v_bar) <= n/(n-1),
+    by Cauchy-Schwarz and sum_i ||u_i - u_bar||^2 = n - n ||u_bar||^2 <= n; equality iff u_i = v_i
+    and sum_i u_i = 0. So pushing E[s_neg] below -1/(n-1) forces E[s_pos] below 1.
+    mean_neg: the mean over the n(n-1) ordered cross-view pairs of the same n pairs.
+    """
+    _check_int("n", n, 2)
+    return 1.0 + float(mean_neg) + 1.0 / (n - 1)
+
+
+def excessive_separation(dphi_at_1, dpsi_at_threshold, n):
+    """Thm 5.3, eq. (8), for L_ind-add with (c1, c2) = (1, 0) and d >= n:
+
+        phi'(1) < (n-2)/(2(n-1)) * psi'(-1/(n-1))   =>   optimum has s_pos < 1, E[s_neg] < -1/(n-1)
+
+    dphi_at_1 = phi'(1), dpsi_at_threshold = psi'(-1/(n-1)), with psi the per-pair penalty as
+    written in Def. 3.2 (for SigLIP it carries the factor m - 1 = n - 1). Returns True when the
+    reward for aligning a positive is weaker than the penalty's pull on the negatives. If the
+    inequality is reversed (strictly), Thm 5.1 (iii) gives the simplex instead.
+    """
+    _check_int("n", n, 2)
+    return float(dphi_at_1) < (n - 2) / (2 * (n - 1)) * float(dpsi_at_threshold)
+
+
+def _softplus(x):  # log(1 + e^x) without overflow: = max(x, 0) + log(1 + e^{-|x|})
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def siglip_excessive_separation(t, b, n):
+    """Ex. 5.4, eq. (10): SigLIP (paper's sign convention, logit t x - b) over n pairs in one
+    batch separates excessively iff
+
+        (1 + e^{t/(n-1) + b}) / (1 + e^{t - b}) < (n - 2) / 2.
+
+    It is eq. (8) with phi'(x) = t / (1 + e^{tx - b}), psi'(x) = (n-1) t e^{tx-b} / (1 + e^{tx-b}):
+    psi'(-1/(n-1)) = (n-1) t / (1 + e^{t/(n-1) + b}). Compared in log space, so t = 100 is fine.
+    SigLIP's own bias b' (logit t x + b') is b' = -b: its init t = 10, b' = -10 is b = 10 here.
+    """
+    _check_int("n", n, 2)
+    t, b = float(t), float(b)
+    if not (math.isfinite(t) and t > 0 and math.isfinite(b)):
+        raise ValueError(f"need a finite t > 0 and a finite b, got t = {t!r}, b = {b!r}")
+    if n == 2:  # right-hand side 0: a ratio of positive numbers never falls below it
+        return False
+    return _softplus(t / (n - 1) + b) - _softplus(t - b) < math.log((n - 2) / 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Mini-batches (Thm 5.5, Thm 5.6)
+# --------------------------------------------------------------------------------------------
+
+def within_batch_negative_similarity(m):
+    """Thm 5.5: inside each batch of m the optimum is an (m-1)-simplex, negatives at -1/(m-1).
+    A smaller batch pushes its negatives further apart than the full-batch -1/(n-1)."""
+    _check_int("m", m, 2)
+    return -1.0 / (m - 1)
+
+
+def minibatch_variance_bounds(n, m):
+    """Thm 5.5, eq. (11): at the optimum of the sum of the b = n/m fixed batch losses,
+
+        (n-m) / ((m-1)(n-1)^2)  <=  Var[s_neg]  <=  n(n-m) / ((m-1)(n-1)^2).
+
+    Where they come from: each batch is a centred (m-1)-simplex, so E[s_neg] = -1/(n-1) and only
+    the cross-batch pairs are free. Low: batch simplices in orthogonal subspaces (cross-batch
+    s = 0; needs d >= b(m-1)). High: all batches share one simplex (cross-batch s = 1 or
+    -1/(m-1)). Both are 0 at m = n. n = 4, m = 2 gives [2/9, 8/9] (Fig. 2).
+    The theorem assumes m divides n; for other n (a dropped last batch) the formula is read as
+    a smooth interpolation.
+    """
+    _check_batch(n, m)
+    low = (n - m) / ((m - 1) * (n - 1) ** 2)
+    return low, n * low
+
+
+def batch_simplices(n, m, d, shared=False):
+    """An optimum of the fixed-batch objective (Thm 5.5): u_i = v_i, each batch I_k a regular
+    (m-1)-simplex. shared=False puts the b simplices in orthogonal subspaces (the variance lower
+    bound of eq. (11); needs d >= b(m-1)); shared=True gives every batch the same simplex (the
+    upper bound; needs d >= m-1). m = n is the full-batch simplex ETF of Thm 5.1.
+    Returns u (n, d) float64 with unit rows; use v = u.
+    """
+    _check_batch(n, m)
+    if n % m:
+        raise ValueError(f"the batch size m = {m} must divide n = {n}")
+    b = n // m
+    need = m - 1 if shared else b * (m - 1)
+    _check_int("d", d, 1)
+    if d < need:
+        where = "one shared simplex" if shared else f"{b} simplices in orthogonal subspaces"
+        raise ValueError(f"{where} of {m} points need d >= {need}, got d = {d}")
+    # Gram of the simplex: G = (m/(m-1)) (I - 11^T/m); its top m-1 eigenvectors, scaled by
+    # sqrt(m/(m-1)), give coordinates in R^{m-1}.
+    gram = m / (m - 1) * (torch.eye(m, dtype=torch.float64) - 1.0 / m)  # (m, m)
+    _, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues: 0 first
+    simplex = vectors[:, 1:] * math.sqrt(m / (m - 1))  # (m, m-1)
+    u = torch.zeros(n, d, dtype=torch.float64)  # (n, d)
+    for k in range(b):
+        col = 0 if shared else k * (m - 1)
+        u[k * m:(k + 1) * m, col:col + m - 1] = simplex
+    return u
+
+
+def infonce_similarity_gradient(S, tau):
+    """Thm 5.6: the gradient of symmetric InfoNCE with respect to the similarity matrix.
+
+    L(S) = 1/2 CE(rows of S/tau) + 1/2 CE(columns of S/tau), each a mean over the m anchors, so
+
+        dL/ds_ij = (1/(2 m tau)) [ softmax_j(S_i. / tau) + softmax_i(S_.j / tau) - 2 [i = j] ].
+
+    Off the diagonal both softmaxes are positive; a smaller m has fewer terms in each
+    denominator and a larger 1/m, hence Thm 5.6: every in-batch negative is pushed harder.
+    S: (m, m). Returns (m, m).
+    """
+    m = S.shape[0]
+    rows = torch.softmax(S / tau, dim=1)  # (m, m)  row i sums to 1
+    cols = torch.softmax(S / tau, dim=0)  # (m, m)  column j sums to 1
+    eye = torch.eye(m, dtype=S.dtype, device=S.device)
+    return (rows + cols - 2 * eye) / (2 * m * tau)
+
+
+# --------------------------------------------------------------------------------------------
+# The optimal embeddings, found numerically
+# --------------------------------------------------------------------------------------------
+
+def optimize_embeddings(loss_fn, n, d, batch_size=None, fixed_batches=True, steps=1000, lr=0.2,
+                        seed=0):
+    """Minimise loss_fn over n free unit-norm pairs in R^d: the "optimal encoder" of section 5.
+
+    loss_fn(u, v) -> scalar, u, v: (m, d), e.g. lambda u, v: losses.simclr_loss(u, v, 0.5).
+    batch_size None: full batch, L(U, V). Otherwise m = batch_size must divide n and each step
+    minimises sum_k L(U_[I_k], V_[I_k]) over the b = n/m batches: the fixed
+    I_k = [m(k-1)+1 : mk] of Thm 5.5 when fixed_batches, else a fresh random partition every step
+    (reshuffling, as in practice).
+    Parameters are free vectors normalised in the forward pass; Adam, lr cosine-decayed to 0 so
+    the last steps settle into the minimum; float64. The defaults reach the simplex of Thm 5.1 to
+    about 1e-6 at n = 8 in ~0.4 s; flat losses (SigLIP with a large b, near eq. (10)'s boundary)
+    need more steps. Deterministic for a seed (own generator for the init and the shuffles).
+    The tensors are tiny: torch.set_num_threads(1) is faster, 10x so on a busy CPU.
+    Returns u, v: (n, d), unit rows, detached.
+    """
+    _check_int("n", n, 2)
+    _check_int("d", d, 1)
+    _check_int("steps", steps, 1)
+    m = n if batch_size is None else batch_size
+    _check_batch(n, m)
+    if n % m:
+        raise ValueError(f"the batch size m = {m} must divide n = {n} (b = n/m equal batches)")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    g = torch.Generator().manual_seed(seed)
+    U = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()  # (n, d)
+    V = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()  # (n, d)
+    opt = torch.optim.Adam([U, V], lr=lr)
+    for step in range(steps):
+        opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        u, v = F.normalize(U, dim=1), F.normalize(V, dim=1)  # (n, d) each
+        order = torch.arange(n) if fixed_batches else torch.randperm(n, generator=g)
+        loss = sum(loss_fn(u[I], v[I]) for I in order.view(n // m, m))  # I: (m,)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return F.normalize(U.detach(), dim=1), F.normalize(V.detach(), dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# A finished training run against the theory
+# --------------------------------------------------------------------------------------------
+
+_STATS_KEYS = ("pos_mean", "neg_mean", "neg_var", "n")
+
+
+def compare_with_theory(stats, n, m):
+    """Rows {'quantity', 'predicted', 'measured', 'note'} comparing measured similarity
+    statistics (eval.similarity_stats of a probe set) with section 5, for a run on n training
+    pairs with batch size m.
+
+    Caveat (PAPER.md section 7): the theory's optimum assumes a free encoder, d >= n-1 and fixed
+    batches; real runs have d = 128 << n = 50,000 and reshuffle, and their Var[s_neg] (about 0.14
+    on CIFAR-100) sits far above eq. (11). Compare trends across runs (batch size, lam), not
+    values. The one exact statement is Thm 5.2: it holds for any f, so a violation means the
+    statistics are wrong. It is applied with the probe's own size stats['n'], the n of the
+    expectation it bounds.
+    """
+    missing = [key for key in _STATS_KEYS if key not in stats]
+    if missing:
+        raise ValueError(f"similarity stats lack {', '.join(missing)}")
+    _check_batch(n, m)
+    e_pos, e_neg, var_neg = (float(stats[key]) for key in ("pos_mean", "neg_mean", "neg_var"))
+    n_probe = int(stats["n"])
+    bound = positive_similarity_bound(e_neg, n_probe)
+    low, high = minibatch_variance_bounds(n, m)
+    # 1e-4: room for float32 statistics; the identity behind eq. (7) is exact.
+    holds = e_pos <= bound + 1e-4
+    place = "inside" if low <= var_neg <= high else ("above" if var_neg > high else "below")
+    return [
+        {"quantity": "E[s_neg]", "predicted": negative_similarity_optimum(n), "measured": e_neg,
+         "note": "Thm 5.1/5.5 optimum -1/(n-1), free encoder with d >= n-1"},
+        {"quantity": "E[s_pos]", "predicted": bound, "measured": e_pos,
+         "note": (f"Thm 5.2: <= 1 + E[s_neg] + 1/({n_probe}-1) (probe pairs) "
+                  + ("holds" if holds else "VIOLATED, impossible for any f: check the stats"))},
+        {"quantity": "Var[s_neg]", "predicted": (low, high), "measured": var_neg,
+         "note": f"eq. (11) at n = {n}, m = {m}: measured is {place}"},
+        {"quantity": "within-batch s_neg", "predicted": within_batch_negative_similarity(m),
+         "measured": None, "note": "Thm 5.5 optimum -1/(m-1) inside a batch (reference)"},
+    ]
+
+
+def _cell(x):
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (tuple, list)):
+        return "[" + ", ".join(_cell(y) for y in x) + "]"
+    x = float(x)
+    return f"{x:.6f}" if 1e-3 <= abs(x) < 1e3 else ("0" if x == 0 else f"{x:.2e}")
+
+
+def format_table(rows):
+    """A fixed-width text table of dict rows; columns are the keys in order of first use."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(key, "")) for key in columns] for row in rows]
+    widths = [max(len(c), *(len(line[k]) for line in cells)) for k, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The lab: every claim of section 5, predicted vs measured
+# --------------------------------------------------------------------------------------------
+
+def _row(claim, quantity, predicted, measured, ok, check):
+    return {"claim": claim, "quantity": quantity, "predicted": predicted, "measured": measured,
+            "check": check, "result": "PASS" if ok else "FAIL"}
+
+
+def _simplex_gram(k):
+    """S* of the (k-1)-simplex with u = v: 1 on the diagonal, -1/(k-1) off it. (k, k)"""
+    return k / (k - 1) * torch.eye(k, dtype=torch.float64) - 1.0 / (k - 1)
+
+
+def _lab_full_batch(seed):
+    """Thm 5.1 for every loss of Tables 2-3 at n = d = 8: UV^T equals S* entrywise."""
+    n, d, tau = 8, 8, 0.5
+    cases = [
+        ("InfoNCE tau=0.5", partial(losses.infonce_loss, temperature=tau)),
+        ("SimCLR tau=0.5", partial(losses.simclr_loss, temperature=tau)),
+        ("DCL tau=0.5", partial(losses.dcl_loss, temperature=tau)),
+        ("DHEL tau=0.5", partial(losses.dhel_loss, temperature=tau)),
+        # eq. (10): ratio 5.0 >= (n-2)/2 = 3, no excessive separation, Thm 5.1 (iii)
+        ("SigLIP t=5 b=3", partial(losses.siglip_loss, t=5.0, b=3.0)),
+        # b = 2 separates excessively (Ex. 5.4); within-view negatives (c2 = 1) cure it
+        ("SigLIP+within t=5 b=2", partial(losses.siglip_loss, t=5.0, b=2.0, within_view=True)),
+    ]
+    rows = []
+    for name, loss_fn in cases:
+        u, v = optimize_embeddings(loss_fn, n, d, seed=seed)
+        gap = (u @ v.T - _simplex_gram(n)).abs().max().item()
+        rows.append(_row("Thm 5.1", f"{name}: max|UV^T - S*|", 0.0, gap, gap < 1e-3, "< 1e-3"))
+    # Spectral CL: psi = x^2 is not increasing on [-1, 0] (PAPER.md section 7), so Thm 5.1 does
+    # not apply. Its penalty is smallest at s = 0: orthogonal pairs, UV^T = I, when d >= n;
+    # at d = n-1 a tight frame, |s_ij| = 1/(n-1) with free signs, so E[s_neg] != -1/(n-1).
+    for within in (False, True):
+        loss_fn = partial(losses.spectral_loss, within_view=within)
+        u, v = optimize_embeddings(loss_fn, n, d, seed=seed)
+        gap = (u @ v.T - torch.eye(n, dtype=torch.float64)).abs().max().item()
+        name = "Spectral+within" if within else "Spectral"
+        rows.append(_row("not 5.1", f"{name}: max|UV^T - I|", 0.0, gap, gap < 1e-3, "< 1e-3"))
+    u, v = optimize_embeddings(losses.spectral_loss, n, n - 1, seed=seed)
+    gap = ((u @ v.T).abs() - _simplex_gram(n).abs()).abs().max().item()
+    rows.append(_row("not 5.1", "Spectral d=n-1: max||UV^T| - |S*||", 0.0, gap, gap < 1e-3,
+                     "< 1e-3"))
+    return rows
+
+
+def _lab_excessive_separation(seed, similarity_stats):
+    """Ex. 5.4 / Thm 5.3 at n = d = 8, t = 5: eq. (10) flips between b = 2.7 and b = 2.8."""
+    n, d, t = 8, 8, 5.0
+    rows = []
+    for b in (2.0, 2.7, 2.8):
+        predicted = siglip_excessive_separation(t, b, n)
+        u, v = optimize_embeddings(partial(losses.siglip_loss, t=t, b=b), n, d, seed=seed)
+        gap = 1 - (u * v).sum(1).min().item()
+        rows.append(_row("Ex. 5.4", f"SigLIP t=5 b={b:g}: 1 - min s_pos",
+                         "> 0 (eq.10 true)" if predicted else "0 (eq.10 false)", gap,
+                         gap > 1e-3 if predicted else gap < 1e-3,
+                         "> 1e-3" if predicted else "< 1e-3"))
+        if b == 2.0:
+            e_neg, target = similarity_stats(u, v)["neg_mean"], negative_similarity_optimum(n)
+            rows.append(_row("Thm 5.3", "SigLIP t=5 b=2: E[s_neg]", f"< {target:.6f}", e_neg,
+                             e_neg < target - 1e-3, "< pred - 1e-3"))
+    return rows
+
+
+def _lab_positive_bound(seed, similarity_stats):
+    """Thm 5.2: E[s_pos] <= 1 + E[s_neg] + 1/(n-1) for any embeddings; equality at the simplex."""
+    n, d = 8, 8
+    g = torch.Generator().manual_seed(seed)
+    u_rand = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)  # (n, d)
+    v_rand = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)  # (n, d)
+    siglip = partial(losses.siglip_loss, t=5.0, b=2.0)
+    simplex = batch_simplices(n, n, d)  # (n, d)
+    rows = []
+    for name, (u, v), equal in [("random u, v", (u_rand, v_rand), False),
+                                ("random u = v", (u_rand, u_rand), False),
+                                ("SigLIP t=5 b=2", optimize_embeddings(siglip, n, d, seed=seed),
+                                 False),
+                                ("simplex ETF", (simplex, simplex), True)]:
+        stats = similarity_stats(u, v)
+        bound = positive_similarity_bound(stats["neg_mean"], n)
+        ok = abs(stats["pos_mean"] - bound) < 1e-9 if equal else stats["pos_mean"] <= bound + 1e-12
+        rows.append(_row("Thm 5.2", f"{name}: E[s_pos]", bound, stats["pos_mean"], ok,
+                         "= pred +- 1e-9" if equal else "<= pred"))
+    return rows
+
+
+def _lab_fixed_batches(seed, similarity_stats):
+    """Thm 5.5: SimCLR (tau = 0.5) on fixed batches at d = n. S_kk: the k-th diagonal block."""
+    loss_fn = partial(losses.simclr_loss, temperature=0.5)
+    rows = []
+    for n, m in [(8, 2), (8, 4), (12, 3), (12, 4)]:
+        u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, seed=seed)
+        stats = similarity_stats(u, v)
+        low, high = minibatch_variance_bounds(n, m)
+        tag = f"n={n} m={m}"
+        rows.append(_row("Thm 5.5", f"{tag}: Var[s_neg]", (low, high), stats["neg_var"],
+                         low - 1e-6 <= stats["neg_var"] <= high + 1e-6, "in +- 1e-6"))
+        # Exact, not only approximate: each batch simplex sums to 0, so sum_i u_i = 0.
+        gap = abs(stats["neg_mean"] - negative_similarity_optimum(n))
+        rows.append(_row("Thm 5.5", f"{tag}: E[s_neg]", negative_similarity_optimum(n),
+                         stats["neg_mean"], gap < 1e-4, "+- 1e-4"))
+        S = u @ v.T  # (n, n)
+        gap = max((S[k:k + m, k:k + m] - _simplex_gram(m)).abs().max().item()
+                  for k in range(0, n, m))
+        rows.append(_row("Thm 5.5", f"{tag}: max|S_kk - S*_m|", 0.0, gap, gap < 1e-3, "< 1e-3"))
+    # The two ends of eq. (11). Every placement of the batch simplices is optimal (cross-batch
+    # pairs are in no loss), so at d = n the optimiser lands in between; at d = m-1 all batches
+    # must share one subspace: the upper end. The lower end is built and has the same loss.
+    n, m = 12, 4
+    low, high = minibatch_variance_bounds(n, m)
+    u, v = optimize_embeddings(loss_fn, n, m - 1, batch_size=m, seed=seed)
+    var = similarity_stats(u, v)["neg_var"]
+    rows.append(_row("Thm 5.5", f"n={n} m={m} d=m-1: Var[s_neg]", high, var,
+                     abs(var - high) < 1e-6, "+- 1e-6"))
+    trained = sum(loss_fn(u[k:k + m], v[k:k + m]) for k in range(0, n, m)).item()
+    w = batch_simplices(n, m, n)  # (n, n)  batch simplices in orthogonal subspaces
+    built = sum(loss_fn(w[k:k + m], w[k:k + m]) for k in range(0, n, m)).item()
+    var = similarity_stats(w, w)["neg_var"]
+    rows.append(_row("Thm 5.5", f"n={n} m={m} orthogonal batches: Var", low, var,
+                     abs(var - low) < 1e-9, "+- 1e-9"))
+    rows.append(_row("Thm 5.5", "  ... their loss - optimiser's loss", 0.0, built - trained,
+                     abs(built - trained) < 1e-6, "+- 1e-6"))
+    return rows
+
+
+def _lab_figure2(similarity_stats):
+    """Fig. 2: n = 4, d = 3, batches {1, 2}, {3, 4}; (E[s_neg], Var[s_neg]) of three optima."""
+    rows = []
+    for name, u, var in [("max variance (shared)", batch_simplices(4, 2, 3, shared=True), 8 / 9),
+                         ("min variance (orthogonal)", batch_simplices(4, 2, 3), 2 / 9),
+                         ("full batch (tetrahedron)", batch_simplices(4, 4, 3), 0.0)]:
+        stats = similarity_stats(u, u)
+        ok = abs(stats["neg_mean"] + 1 / 3) < 1e-6 and abs(stats["neg_var"] - var) < 1e-6
+        rows.append(_row("Fig. 2", f"{name}: E, Var", (-1 / 3, var),
+                         (stats["neg_mean"], stats["neg_var"]), ok, "+- 1e-6"))
+    return rows
+
+
+def _lab_batch_gradient(seed):
+    """Thm 5.6 on 20 random draws: m1 = 4 < m2 = 8, the first m1 rows of the same embeddings."""
+    m1, m2, d, tau = 4, 8, 8, 0.5
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(m2)
+    off1, off2 = ~torch.eye(m1, dtype=torch.bool), ~torch.eye(m2, dtype=torch.bool)
+    value_gap, autograd_gap, smallest, smaller_minus_larger = 0.0, 0.0, math.inf, math.inf
+    for _ in range(20):
+        u = F.normalize(torch.randn(m2, d, generator=g, dtype=torch.float64), dim=1)  # (m2, d)
+        v = F.normalize(torch.randn(m2, d, generator=g, dtype=torch.float64), dim=1)  # (m2, d)
+        S = (u @ v.T).requires_grad_()  # (m2, m2)
+        # losses.infonce_loss as a function of S: cross-entropy over the rows and the columns
+        loss = 0.5 * F.cross_entropy(S / tau, labels) + 0.5 * F.cross_entropy(S.T / tau, labels)
+        (grad,) = torch.autograd.grad(loss, S)  # (m2, m2)
+        large = infonce_similarity_gradient(S.detach(), tau)  # (m2, m2)
+        small = infonce_similarity_gradient(S.detach()[:m1, :m1], tau)  # (m1, m1)
+        value_gap = max(value_gap, abs(loss.item() - losses.infonce_loss(u, v, tau).item()))
+        autograd_gap = max(autograd_gap, (grad - large).abs().max().item())
+        smallest = min(smallest, large[off2].min().item())
+        smaller_minus_larger = min(smaller_minus_larger,
+                                   (small - large[:m1, :m1])[off1].min().item())
+    return [
+        _row("Thm 5.6", "L(S) - losses.infonce_loss(u, v)", 0.0, value_gap, value_gap < 1e-12,
+             "< 1e-12"),
+        _row("Thm 5.6", "closed-form dL/dS - autograd", 0.0, autograd_gap, autograd_gap < 1e-12,
+             "< 1e-12"),
+        _row("Thm 5.6", "min_{i!=j} dL/ds_ij at m=8", ">= 0", smallest, smallest >= 0, ">= 0"),
+        _row("Thm 5.6", "min_{i!=j} dL_m1/ds_ij - dL_m2/ds_ij", ">= 0", smaller_minus_larger,
+             smaller_minus_larger >= 0, ">= 0"),
+    ]
+
+
+def _lab_vrns(seed, similarity_stats):
+    """Def. 5.7: SimCLR (tau = 0.5) + lam L_VRNS at n = d = 32, m = 8, 500 steps.
+
+    Measured (seed 0): with free embeddings, reshuffling alone also heads for the full-batch
+    simplex, below eq. (11)'s fixed-batch low of 3.6e-3: Var[s_neg] at lam = 0 is 5.1e-3, 1.2e-3,
+    5.0e-4 after 500, 2000, 6000 steps; lam = 10 gets there 40-60x sooner (8.6e-5, 2.8e-5,
+    1.2e-5). An encoder with d << n cannot reach the simplex at all (PAPER.md section 7).
+    """
+    n, m, steps = 32, 8, 500
+    target = negative_similarity_optimum(n)
+    rows, previous = [], None
+    for lam, fixed in [(0.0, False), (1.0, False), (10.0, False), (10.0, True)]:
+        def loss_fn(u, v, lam=lam):
+            return losses.simclr_loss(u, v, 0.5) + lam * losses.vrns_loss(u, v, n)
+
+        u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, fixed_batches=fixed,
+                                   steps=steps, seed=seed)
+        stats = similarity_stats(u, v)
+        tag = f"lam={lam:g} {'fixed' if fixed else 'reshuffled'}"
+        if fixed:  # cross-batch pairs never meet in a loss: the term lifts E[s_neg] instead
+            rows.append(_row("Def. 5.7", f"{tag}: E[s_neg]", f"> {target:.6f}",
+                             stats["neg_mean"], stats["neg_mean"] > target + 1e-3,
+                             "> pred + 1e-3"))
+            continue
+        gap = abs(stats["neg_mean"] - target)
+        rows.append(_row("Def. 5.7", f"{tag}: E[s_neg]", target, stats["neg_mean"], gap < 1e-3,
+                         "+- 1e-3"))
+        rows.append(_row("Def. 5.7", f"{tag}: Var[s_neg]",
+                         "-" if previous is None else "< row above", stats["neg_var"],
+                         previous is None or stats["neg_var"] < previous, "falls with lam"))
+        previous = stats["neg_var"]
+    return rows
+
+
+def run_lab(seed=0):
+    """Every lab row, in the order of the paper's section 5. About 15 s on one CPU thread."""
+    from eval import similarity_stats  # eval pulls in torchvision (~1 s); only the lab needs it
+    return (_lab_full_batch(seed) + _lab_excessive_separation(seed, similarity_stats)
+            + _lab_positive_bound(seed, similarity_stats)
+            + _lab_fixed_batches(seed, similarity_stats) + _lab_figure2(similarity_stats)
+            + _lab_batch_gradient(seed) + _lab_vrns(seed, similarity_stats))
+
+
+def _compare_run(out_dir):
+    """Table for `--run`: reads out_dir/summary.json written by train.py."""
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        summary = json.load(f)
+    n, m = summary["n_train"], summary["args"]["batch_size"]
+    table = format_table(compare_with_theory(summary["final"]["probe_stats"], n, m))
+    return (f"{out_dir}: n = {n} training pairs, batch size m = {m}\n{table}\n"
+            "The optimum assumes a free encoder with d >= n-1 and fixed batches; a real run has "
+            "d << n\nand reshuffles, so compare trends across runs, not values (PAPER.md sec. 7).")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", metavar="OUT_DIR", default=None,
+                        help="compare a finished training run (OUT_DIR/summary.json) with the "
+                             "theory instead of running the lab; default: run the lab")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the lab's initial embeddings (default 0); every row should "
+                             "pass for any seed")
+    args = parser.parse_args(argv)
+    if args.run is not None:
+        try:
+            print(_compare_run(args.run))
+        except KeyError as e:
+            print(f"theory.py --run {args.run}: summary.json lacks key {e}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, TypeError) as e:
+            print(f"theory.py --run {args.run}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        return 0
+    # Tiny tensors: 10.4 s on 1 thread vs 11.8 s on 2 on an idle 2-core CPU, and a second thread
+    # is up to 10x slower when other processes share the cores.
+    torch.set_num_threads(1)
+    start = time.time()
+    rows = run_lab(args.seed)
+    print(format_table(rows))
+    print("\nnot 5.1: Spectral CL's psi = x^2 is not increasing on [-1, 0], outside Def. 3.2; its "
+          "optimum puts\nnegatives at 0 (d >= n) or at +-1/(n-1) (d = n-1), not at -1/(n-1).")
+    failed = sum(row["result"] == "FAIL" for row in rows)
+    print(f"\n{len(rows) - failed}/{len(rows)} rows pass, seed {args.seed}, "
+          f"{time.time() - start:.1f} s wall on {torch.get_num_threads()} CPU thread")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
