@@ -2,8 +2,18 @@
 
 Shape legend: n = embeddings (training-set size), d = embedding dimension.
 """
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
 import torch
 import torch.nn.functional as F
+
+import data
+import models
 
 
 def similarity_stats(u, v):
@@ -53,3 +63,176 @@ def similarity_stats(u, v):
         "within_var": (within_sq / (2 * pairs) - within_mean ** 2).item(),
         "n": n,
     }
+
+
+# ------------------------------------------------------------------------------------------
+# Downstream evaluation of a frozen encoder
+# ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def extract_features(encoder, images, *, mean, std, batch_size=512, device="cpu"):
+    """Encoder features h of un-augmented images: (N, 3, H, W) uint8 -> (N, D_h) float32 on CPU.
+    Runs in eval mode (BatchNorm uses its running statistics) and restores the previous mode,
+    so extracting never changes the encoder."""
+    was_training = encoder.training
+    encoder.eval()
+    feats = []
+    for start in range(0, len(images), batch_size):
+        x = data.normalize(images[start:start + batch_size].to(device), mean=mean, std=std)
+        feats.append(encoder(x).float().cpu())  # (B, D_h)
+    encoder.train(was_training)
+    return torch.cat(feats)
+
+
+def linear_probe(train_feats, train_labels, test_feats, test_labels, *, num_classes, epochs=100,
+                 lr=0.1, batch_size=256, seed=0):
+    """Top-1 test accuracy (%) of a linear classifier on frozen, L2-normalised features.
+
+    The paper's protocol (App. D): no augmentation, L2-normalised features, SGD lr 0.1, no weight
+    decay, batch 256 (200 epochs there; on precomputed features an epoch costs milliseconds).
+    Momentum 0.9 and a cosine decay to 0 are added. The official code instead trains on
+    crop+flip augmented images without normalising features: a different protocol.
+    """
+    if len(train_feats) != len(train_labels) or len(test_feats) != len(test_labels):
+        raise ValueError("features and labels must have the same length")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, "
+                         f"{batch_size}, {lr}")
+    g = torch.Generator().manual_seed(seed)
+    x_train = F.normalize(train_feats.float(), dim=1)  # (N, D_h)
+    x_test = F.normalize(test_feats.float(), dim=1)  # (N_test, D_h)
+    head = torch.nn.Linear(x_train.shape[1], num_classes)
+    with torch.no_grad():  # seeded init, independent of the global RNG
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
+        head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x_train), generator=g)
+        for start in range(0, len(x_train), batch_size):
+            idx = perm[start:start + batch_size]
+            loss = F.cross_entropy(head(x_train[idx]), train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        return 100.0 * (head(x_test).argmax(1) == test_labels).float().mean().item()
+
+
+@torch.no_grad()
+def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, num_classes, k=20,
+                 temperature=0.1, chunk=1024):
+    """Top-1 accuracy (%) of a weighted k-nearest-neighbour classifier on cosine similarity
+    (Wu et al. 2018): each of the k nearest training features votes exp(sim / temperature)."""
+    if not 1 <= k <= len(train_feats):
+        raise ValueError(f"k must be in [1, {len(train_feats)}], got {k}")
+    bank = F.normalize(train_feats.float(), dim=1)  # (N, D_h)
+    correct = 0
+    for start in range(0, len(test_feats), chunk):
+        q = F.normalize(test_feats[start:start + chunk].float(), dim=1)  # (c, D_h)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (c, k)
+        votes = torch.zeros(len(q), num_classes)  # (c, C)
+        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum().item()
+    return 100.0 * correct / len(test_feats)
+
+
+@torch.no_grad()
+def positive_pair_stats(model, images, *, augment_kwargs, generator=None, batch_size=512,
+                        device="cpu"):
+    """Table 1 protocol: two augmentations of each image (5,000 training images in the paper),
+    projector outputs z, and exact similarity_stats over all positive and negative pairs."""
+    was_training = model.training
+    model.eval()
+    u, v = [], []
+    for start in range(0, len(images), batch_size):
+        x, y = data.two_views(images[start:start + batch_size].to(device), generator=generator,
+                              **augment_kwargs)
+        u.append(model(x)[1].float())  # (B, d)
+        v.append(model(y)[1].float())  # (B, d)
+    model.train(was_training)
+    return similarity_stats(torch.cat(u), torch.cat(v))
+
+
+def evaluate(model, train_images, train_labels, test_images, test_labels, *, num_classes,
+             augment_kwargs, probe_epochs=100, table1_pairs=5000, seed=0, device="cpu"):
+    """Everything the paper measures on a pre-trained model: linear-probe and kNN top-1 (%) of the
+    encoder features, and the Table 1 similarity statistics of the projector outputs."""
+    mean, std = augment_kwargs["mean"], augment_kwargs["std"]
+    train_f = extract_features(model.encoder, train_images, mean=mean, std=std, device=device)
+    test_f = extract_features(model.encoder, test_images, mean=mean, std=std, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return {
+        "linear_acc": linear_probe(train_f, train_labels, test_f, test_labels,
+                                   num_classes=num_classes, epochs=probe_epochs, seed=seed),
+        "knn_acc": knn_accuracy(train_f, train_labels, test_f, test_labels,
+                                num_classes=num_classes),
+        "table1_stats": positive_pair_stats(model, train_images[:table1_pairs].to(device),
+                                            augment_kwargs=augment_kwargs, generator=gen,
+                                            device=device),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py: linear probe, "
+                                "kNN and Table 1 similarity statistics.")
+    p.add_argument("--ckpt", required=True, help="OUT_DIR/ckpt.pt written by train.py (or OUT_DIR)")
+    p.add_argument("--random-init", action="store_true", help="same architecture, untrained "
+                   "weights: the baseline that shows what pre-training bought")
+    p.add_argument("--probe-epochs", type=int, default=100, help="linear-probe epochs on frozen "
+                   "features (the paper: 200; features are precomputed, so each is cheap)")
+    p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
+    p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.probe_epochs < 1:
+        fail(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
+    path = os.path.join(args.ckpt, "ckpt.pt") if os.path.isdir(args.ckpt) else args.ckpt
+    if not os.path.isfile(path):
+        fail(f"--ckpt {args.ckpt}: no such checkpoint; give OUT_DIR/ckpt.pt of a train.py run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        run = ckpt["args"]
+        model = models.ContrastiveModel(run["arch"], width=run["width"], stem=run["stem"])
+    except Exception as e:  # truncated, foreign or not a torch file
+        fail(f"--ckpt {path}: not a readable train.py checkpoint ({type(e).__name__}: "
+             f"{str(e).splitlines()[0][:120] if str(e) else ''})")
+    if not args.random_init:
+        model.load_state_dict(ckpt["model"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "mps"
+                          if torch.backends.mps.is_available() else "cpu") \
+        if args.device == "auto" else torch.device(args.device)
+    data_dir = args.data_dir or run["data_dir"]
+    try:
+        train_x, train_y, classes = data.load_dataset(run["dataset"], data_dir=data_dir,
+                                                      train=True, seed=run["seed"])
+        test_x, test_y, _ = data.load_dataset(run["dataset"], data_dir=data_dir, train=False,
+                                              seed=run["seed"])
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"dataset {run['dataset']} in {data_dir}: {e}")
+    if run.get("train_size"):  # the images the run pre-trained on
+        train_x, train_y = train_x[:run["train_size"]], train_y[:run["train_size"]]
+    aug = dict(data.AUGMENT_PRESETS[data.PRESET_OF[run["dataset"]]],
+               **data.DATASET_STATS[run["dataset"]])
+    start = time.time()
+    result = evaluate(model.to(device), train_x, train_y, test_x, test_y, num_classes=classes,
+                      augment_kwargs=aug, probe_epochs=args.probe_epochs, seed=args.seed,
+                      device=device)
+    result.update(ckpt=path, random_init=args.random_init, eval_wall_s=round(time.time() - start))
+    out = os.path.join(os.path.dirname(path),
+                       "eval_random_init.json" if args.random_init else "eval.json")
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    print(f"written to {out}")
+
+
+def fail(message):
+    print(f"eval.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

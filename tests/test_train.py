@@ -1,0 +1,171 @@
+"""train.py and eval.py end to end on a tiny budget: smoke runs, bad input, exact resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ~300 generated images, a width-4 ResNet-18: each run takes a second or two on one core
+TINY = ["--train-size", "256", "--width", "4", "--batch-size", "32", "--epochs", "1",
+        "--probe-size", "64", "--probe-epochs", "2", "--precision", "fp32", "--log-every", "4"]
+
+
+def run_script(*argv, timeout=300):
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+# ---- smoke runs --------------------------------------------------------------------------------
+
+def test_train_then_eval_scripts(tmp_path):
+    out = tmp_path / "run"
+    r = run_script("train.py", *TINY, "--out-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "linear probe" in r.stdout and "step 8/8" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("linear_acc", "knn_acc", "random_init_linear_acc", "theory_rows", "args",
+                "train_wall_s", "versions"):
+        assert key in summary
+    (record,) = read_jsonl(out / "metrics.jsonl")
+    assert record["epoch"] == 1 and -1 <= record["probe"]["neg_mean"] <= 1
+    assert record["theory"]["neg_optimum"] == pytest.approx(-1 / 255)
+
+    r = run_script("eval.py", "--ckpt", str(out), "--probe-epochs", "2")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "eval.json").read_text())
+    assert 0 <= result["linear_acc"] <= 100 and result["table1_stats"]["n"] == 256
+    r = run_script("theory.py", "--run", str(out))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("extra", [
+    ["--loss", "infonce"], ["--loss", "dcl", "--vrns-weight", "30"],
+    ["--loss", "dhel", "--fixed-batches"], ["--loss", "siglip"],
+    ["--loss", "siglip", "--within-view", "--vrns-weight", "1"],
+    ["--loss", "spectral", "--within-view", "--optimizer", "sgd"],
+    ["--loss", "simclr", "--vrns-weight", "30", "--fixed-batches", "--optimizer", "lars"],
+])
+def test_every_loss_trains(tmp_path, extra):
+    train.main([*TINY, "--probe-epochs", "1", "--out-dir", str(tmp_path), *extra])
+    (record,) = read_jsonl(tmp_path / "metrics.jsonl")
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in record.items()
+               if k.startswith("batch_"))
+    if "--vrns-weight" in extra:
+        assert record["batch_vrns"] > 0
+
+
+# ---- bad input: one line naming the flag, exit status 2, no traceback -------------------------
+
+@pytest.mark.parametrize("argv,words", [
+    (["--temperature", "0"], "--temperature"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--lr", "-1"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "1"], "--batch-size"),
+    (["--batch-size", "100000"], "larger than the training set"),
+    (["--vrns-weight", "-1"], "--vrns-weight"),
+    (["--within-view"], "--within-view"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "--download"),
+    (["--resume", "/nonexistent/run"], "no such checkpoint"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"],
+     "--device"),
+])
+def test_bad_flags_fail_fast(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+
+
+def test_unknown_choice_and_script_exit_status():
+    r = run_script("train.py", "--loss", "nope")
+    assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
+    r = run_script("train.py", "--epochs", "-3")
+    assert r.returncode == 2 and "--epochs" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_refuses_to_clobber_a_run(tmp_path, capsys):
+    train.main([*TINY, "--out-dir", str(tmp_path)])
+    before = (tmp_path / "summary.json").read_text()
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--out-dir", str(tmp_path)])
+    assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "summary.json").read_text() == before
+
+
+def test_resume_rejects_bad_checkpoints(tmp_path, capsys):
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(tmp_path)])
+    assert "cannot be read" in capsys.readouterr().err
+    torch.save({"model": {}}, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(tmp_path)])
+    assert "not a checkpoint written by this train.py" in capsys.readouterr().err
+
+
+def test_resume_rejects_conflicting_flags(tmp_path, capsys):
+    train.main([*TINY, "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(tmp_path), "--temperature", "0.1"])
+    err = capsys.readouterr().err
+    assert "--temperature 0.1 (run used 0.5)" in err
+
+
+# ---- faults: Ctrl-C loses nothing and resume is exact -------------------------------------------
+
+def model_weights(run_dir):
+    return torch.load(os.path.join(run_dir, "ckpt.pt"), weights_only=True)["model"]
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+
+
+def test_interrupt_and_resume_is_bit_identical(tmp_path):
+    argv = [*TINY, "--epochs", "3", "--log-every", "1", "--ckpt-every", "3"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train.main([*argv, "--out-dir", str(full)])
+
+    proc = subprocess.Popen([sys.executable, "train.py", *argv, "--out-dir", str(cut)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # Ctrl-C in the middle of the second epoch
+        if "step 11/24" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, proc.stderr.read()
+    ckpt = torch.load(cut / "ckpt.pt", weights_only=True)
+    assert 11 <= ckpt["step"] < 24 and not ckpt["finished"]
+    assert not (cut / "summary.json").exists()
+
+    r = run_script("train.py", "--resume", str(cut))
+    assert r.returncode == 0, r.stderr
+    for key, value in model_weights(full).items():
+        assert torch.equal(value, model_weights(cut)[key]), key
+    assert comparable(read_jsonl(full / "metrics.jsonl")) == \
+        comparable(read_jsonl(cut / "metrics.jsonl"))
+    summary_full = json.loads((full / "summary.json").read_text())
+    summary_cut = json.loads((cut / "summary.json").read_text())
+    assert summary_full["linear_acc"] == summary_cut["linear_acc"]
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--epochs", "2", "--optimizer", "sgd", "--lr", "1e30",
+                    "--warmup-epochs", "0", "--out-dir", str(tmp_path)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at step" in err and "lr too high" in err
