@@ -451,6 +451,15 @@ def imagefolder_two_view_transform(*, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 /
     ])
 
 
+def imagefolder_images(folder, indices, size):
+    """Decode images of a torchvision ImageFolder into memory: short side to size * 8/7, centre
+    crop to size -> (k, 3, size, size) uint8 and (k,) labels. For the small subsets whose
+    similarity statistics are logged; training itself streams through ImageFolderPairs."""
+    crop = T.Compose([T.Resize(round(size * 8 / 7)), T.CenterCrop(size), T.PILToTensor()])
+    pairs = [folder[int(i)] for i in indices]  # (PIL image, label)
+    return torch.stack([crop(img) for img, _ in pairs]), torch.tensor([y for _, y in pairs])
+
+
 def imagefolder_eval_transform(size, mean, std):
     """Evaluation: resize the short side to size * 8/7 (256 for 224), centre crop, normalise."""
     _check_stats(mean, std)

@@ -156,22 +156,90 @@ def positive_pair_stats(model, images, *, augment_kwargs, generator=None, batch_
     return similarity_stats(torch.cat(u), torch.cat(v))
 
 
-def evaluate(model, train_images, train_labels, test_images, test_labels, *, num_classes,
-             augment_kwargs, probe_epochs=100, table1_pairs=5000, seed=0, device="cpu"):
-    """Everything the paper measures on a pre-trained model: linear-probe and kNN top-1 (%) of the
-    encoder features, and the Table 1 similarity statistics of the projector outputs."""
+@torch.no_grad()
+def loader_features(encoder, loader, *, device="cpu"):
+    """extract_features for data too large for memory (ImageFolder trees): a DataLoader of
+    (normalised images (B, 3, S, S), labels (B,)) -> features (N, D_h), labels (N,) on CPU."""
+    was_training = encoder.training
+    encoder.eval()
+    feats, labels = [], []
+    for x, y in loader:
+        feats.append(encoder(x.to(device, non_blocking=True)).float().cpu())  # (B, D_h)
+        labels.append(y)
+    encoder.train(was_training)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def split_features(encoder, dataset, *, data_dir, train_size=0, augment_kwargs, seed=0,
+                   device="cpu", workers=8):
+    """Encoder features and labels of the train and test splits of a dataset, in eval mode
+    without augmentation: (train_f, train_y, test_f, test_y, num_classes)."""
     mean, std = augment_kwargs["mean"], augment_kwargs["std"]
-    train_f = extract_features(model.encoder, train_images, mean=mean, std=std, device=device)
-    test_f = extract_features(model.encoder, test_images, mean=mean, std=std, device=device)
+    if dataset == "imagefolder":  # streamed: root/train and root/val
+        tf = data.imagefolder_eval_transform(augment_kwargs["size"], mean, std)
+        out = []
+        for split in ("train", "val"):
+            folder = data.datasets.ImageFolder(os.path.join(data_dir, split), tf)
+            if split == "train" and train_size:
+                folder = torch.utils.data.Subset(folder, range(train_size))
+            loader = torch.utils.data.DataLoader(folder, batch_size=256, num_workers=workers)
+            out += loader_features(encoder, loader, device=device)
+        return (*out, len(folder.dataset.classes if split == "train" else folder.classes))
+    train_x, train_y, classes = data.load_dataset(dataset, data_dir=data_dir, train=True,
+                                                  seed=seed)
+    test_x, test_y, _ = data.load_dataset(dataset, data_dir=data_dir, train=False, seed=seed)
+    if train_size:
+        train_x, train_y = train_x[:train_size], train_y[:train_size]
+    return (extract_features(encoder, train_x, mean=mean, std=std, device=device), train_y,
+            extract_features(encoder, test_x, mean=mean, std=std, device=device), test_y,
+            classes)
+
+
+def table1_images(dataset, *, data_dir, size, count=5000, train_size=0, seed=0):
+    """The first `count` training images, uint8 (k, 3, S, S): Table 1 draws its positive pairs
+    by augmenting 5,000 training images."""
+    if dataset == "imagefolder":
+        folder = data.datasets.ImageFolder(os.path.join(data_dir, "train"))
+        k = min(count, train_size or len(folder), len(folder))
+        return data.imagefolder_images(folder, range(k), size)[0]
+    images = data.load_dataset(dataset, data_dir=data_dir, train=True, seed=seed)[0]
+    return images[:min(count, train_size or len(images))]
+
+
+def evaluate_run(model, run, *, data_dir, probe_epochs=100, seed=0, device="cpu", workers=8):
+    """evaluate() for a model trained by train.py with arguments `run` (a dict)."""
+    aug = augment_kwargs_for(run)
+    *feats, classes = split_features(model.encoder, run["dataset"], data_dir=data_dir,
+                                     train_size=run["train_size"], augment_kwargs=aug,
+                                     seed=run["seed"], device=device, workers=workers)
+    pairs = table1_images(run["dataset"], data_dir=data_dir, size=aug["size"],
+                          train_size=run["train_size"], seed=run["seed"])
+    return evaluate(model, *feats, pairs, num_classes=classes, augment_kwargs=aug,
+                    probe_epochs=probe_epochs, seed=seed, device=device)
+
+
+def augment_kwargs_for(run):
+    """The augmentation of a train.py run: its dataset's preset and statistics, its crop size."""
+    aug = dict(data.AUGMENT_PRESETS[data.PRESET_OF[run["dataset"]]],
+               **data.DATASET_STATS[run["dataset"]])
+    if run.get("image_size"):
+        aug["size"] = run["image_size"]
+    return aug
+
+
+def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, num_classes,
+             augment_kwargs, probe_epochs=100, seed=0, device="cpu"):
+    """Everything the paper measures on a pre-trained model: linear-probe and kNN top-1 (%) of the
+    encoder features (computed by split_features), and the Table 1 similarity statistics of the
+    projector outputs on two augmentations of pair_images (5,000 training images in the paper)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     return {
         "linear_acc": linear_probe(train_f, train_labels, test_f, test_labels,
                                    num_classes=num_classes, epochs=probe_epochs, seed=seed),
         "knn_acc": knn_accuracy(train_f, train_labels, test_f, test_labels,
                                 num_classes=num_classes),
-        "table1_stats": positive_pair_stats(model, train_images[:table1_pairs].to(device),
-                                            augment_kwargs=augment_kwargs, generator=gen,
-                                            device=device),
+        "table1_stats": positive_pair_stats(model, pair_images, augment_kwargs=augment_kwargs,
+                                            generator=gen, device=device),
     }
 
 
@@ -205,21 +273,12 @@ def main(argv=None):
                           if torch.backends.mps.is_available() else "cpu") \
         if args.device == "auto" else torch.device(args.device)
     data_dir = args.data_dir or run["data_dir"]
-    try:
-        train_x, train_y, classes = data.load_dataset(run["dataset"], data_dir=data_dir,
-                                                      train=True, seed=run["seed"])
-        test_x, test_y, _ = data.load_dataset(run["dataset"], data_dir=data_dir, train=False,
-                                              seed=run["seed"])
-    except (FileNotFoundError, ValueError) as e:
-        fail(f"dataset {run['dataset']} in {data_dir}: {e}")
-    if run.get("train_size"):  # the images the run pre-trained on
-        train_x, train_y = train_x[:run["train_size"]], train_y[:run["train_size"]]
-    aug = dict(data.AUGMENT_PRESETS[data.PRESET_OF[run["dataset"]]],
-               **data.DATASET_STATS[run["dataset"]])
     start = time.time()
-    result = evaluate(model.to(device), train_x, train_y, test_x, test_y, num_classes=classes,
-                      augment_kwargs=aug, probe_epochs=args.probe_epochs, seed=args.seed,
-                      device=device)
+    try:
+        result = evaluate_run(model.to(device), run, data_dir=data_dir,
+                              probe_epochs=args.probe_epochs, seed=args.seed, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"{run['dataset']} in {data_dir}: {e}")
     result.update(ckpt=path, random_init=args.random_init, eval_wall_s=round(time.time() - start))
     out = os.path.join(os.path.dirname(path),
                        "eval_random_init.json" if args.random_init else "eval.json")

@@ -93,6 +93,8 @@ def get_parser():
     a("--ckpt-every", type=int, default=0, help="also checkpoint every this many steps (0: "
       "epoch ends only)")
     a("--log-every", type=int, default=20, help="steps between progress lines")
+    a("--image-size", type=int, default=0, help="crop size of the views (0 = the preset's: 32 "
+      "CIFAR/shapes, 96 STL-10, 224 ImageFolder; e.g. 64 for Tiny-ImageNet)")
     a("--train-size", type=int, default=0, help="use only the first N training images (0 = "
       "all): quick experiments; the theory's n is then N")
     a("--probe-size", type=int, default=1024, help="training images whose exact similarity "
@@ -126,7 +128,7 @@ def check_args(args):
     if args.batch_size < 2:
         fail(f"--batch-size must be >= 2 (a batch needs negatives), got {args.batch_size}")
     for flag in ("vrns_weight", "warmup_epochs", "weight_decay", "ckpt_every", "workers",
-                 "train_size"):
+                 "train_size", "image_size"):
         if getattr(args, flag) < 0:
             fail(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.within_view and args.loss not in ("siglip", "spectral"):
@@ -465,28 +467,36 @@ def train(args, parser, stop):
                      f"{args.out_dir} to continue it, --overwrite to replace it, or pick "
                      "another --out-dir")
 
-    # ---- data ---------------------------------------------------------------------------------
+    # ---- data: in memory as uint8 (generated, CIFAR, STL-10) or streamed (ImageFolder) -------
+    aug = evaluation.augment_kwargs_for(vars(args))
+    folder = None  # ImageFolderPairs when streaming
     try:
-        train_images, train_labels, num_classes = data.load_dataset(
-            args.dataset, data_dir=args.data_dir, train=True, download=args.download,
-            seed=args.seed)
-        test_images, test_labels, _ = data.load_dataset(
-            args.dataset, data_dir=args.data_dir, train=False, download=args.download,
-            seed=args.seed)
+        if args.dataset == "imagefolder":
+            folder = data.ImageFolderPairs(os.path.join(args.data_dir, "train"),
+                                           data.imagefolder_two_view_transform(**aug))
+            n_available = len(folder)
+        else:
+            train_images = data.load_dataset(args.dataset, data_dir=args.data_dir, train=True,
+                                             download=args.download, seed=args.seed)[0]
+            data.load_dataset(args.dataset, data_dir=args.data_dir, train=False,
+                              download=args.download, seed=args.seed)  # fail now, not at the end
+            n_available = len(train_images)
     except (FileNotFoundError, ValueError) as e:
         fail(f"--dataset {args.dataset} --data-dir {args.data_dir}: {e}")
-    if args.train_size:
-        if args.train_size > len(train_images):
-            fail(f"--train-size {args.train_size} exceeds the {len(train_images)} training "
-                 "images; use at most that (0 = all)")
-        train_images, train_labels = train_images[:args.train_size], train_labels[:args.train_size]
-    n = len(train_images)
+    if args.train_size > n_available:
+        fail(f"--train-size {args.train_size} exceeds the {n_available} training images; use "
+             "at most that (0 = all)")
+    n = args.train_size or n_available
     m = args.batch_size
     if m > n:
         fail(f"--batch-size {m} is larger than the training set (n = {n}); use at most {n}")
-    aug = dict(data.AUGMENT_PRESETS[data.PRESET_OF[args.dataset]],
-               **data.DATASET_STATS[args.dataset])
-    train_images = train_images.to(device)  # uint8 on the training device: ~3 KB per image
+    probe_idx = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
+    probe_idx = probe_idx[:min(args.probe_size, n)]
+    if folder is None:
+        train_images = train_images[:n].to(device)  # uint8 on the training device: 3 KB/image
+        probe_images = train_images[probe_idx.to(device)]  # (P, 3, H, W)
+    else:
+        probe_images = data.imagefolder_images(folder.folder, probe_idx, aug["size"])[0]
 
     # ---- model and optimiser ------------------------------------------------------------------
     torch.manual_seed(args.seed)
@@ -520,8 +530,6 @@ def train(args, parser, stop):
     predicted = {"neg_optimum": theory.negative_similarity_optimum(n),
                  "within_batch_neg": theory.within_batch_negative_similarity(m),
                  "var_low": var_low, "var_high": var_high}
-    probe_idx = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed))
-    probe_idx = probe_idx[:min(args.probe_size, n)].to(device)
 
     metrics_path = os.path.join(args.out_dir, "metrics.jsonl")
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
@@ -550,32 +558,45 @@ def train(args, parser, stop):
                          "sums": sums if sums is not None else torch.zeros(len(STEP_STATS)),
                          "epochs_logged": epochs_logged if epochs_logged is not None
                          else step // steps_per_epoch,
-                         "finished": finished, "n_train": n, "num_classes": num_classes,
+                         "finished": finished, "n_train": n,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "rng": rng_states(aug_gen)}, ckpt_path)
 
     stop_now = False
 
     # ---- the loop -----------------------------------------------------------------------------
+    lo, hi = rank * m // world, (rank + 1) * m // world  # this process's rows of each batch
+
+    def epoch_views(batches):
+        """This process's two views of each batch: (B, 3, S, S) each, on the device."""
+        if folder is None:
+            for idx in batches.to(device):
+                # every process augments the whole global batch (the random numbers one process
+                # would draw) and keeps its rows: K processes see exactly the images of one,
+                # at K x the augmentation cost, small next to the encoder's (bench.py)
+                x, y = data.two_views(train_images[idx], generator=aug_gen, **aug)  # (m, ...)
+                yield x[lo:hi], y[lo:hi]
+        else:  # PIL transforms in worker processes; reproducible, but not bit-exact on resume
+            loader = torch.utils.data.DataLoader(
+                folder, batch_sampler=batches[:, lo:hi].tolist(), num_workers=args.workers,
+                pin_memory=device.type == "cuda", persistent_workers=False)
+            for x, y, _, _ in loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
     start_time, start_step = time.time(), step
-    lo, hi = rank * m // world, (rank + 1) * m // world  # this process's rows of the batch
     while step < total_steps:
         epoch = step // steps_per_epoch
         batches = data.batch_order(n, m, epoch=epoch, seed=args.seed,
-                                   fixed=args.fixed_batches).to(device)  # (n // m, m)
+                                   fixed=args.fixed_batches)  # (n // m, m)
         sums = torch.zeros(len(STEP_STATS), device=device)  # this epoch's sums of STEP_STATS
         if ckpt is not None and ckpt["step"] == step and step % steps_per_epoch:  # mid-epoch
             sums = ckpt["sums"].to(device)
         net.train()
-        for idx in batches[step % steps_per_epoch:]:
+        for x, y in epoch_views(batches[step % steps_per_epoch:]):  # (B, 3, S, S) each
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps,
                                     peak_lr=lr)
-            # every process draws the views of the whole global batch (the same random numbers
-            # as one process would) and keeps its rows: K processes see exactly the images of
-            # one, at K x the augmentation cost, which is small next to the encoder's
-            x, y = data.two_views(train_images[idx], generator=aug_gen, **aug)  # (m, 3, S, S)
-            base, vrns, u, v = embed_and_loss(net, x[lo:hi], y[lo:hi], loss_fn=loss_fn, n=n,
+            base, vrns, u, v = embed_and_loss(net, x, y, loss_fn=loss_fn, n=n,
                                               vrns_weight=args.vrns_weight, bf16=bf16)
             loss = base + args.vrns_weight * vrns
             optimizer.zero_grad(set_to_none=True)
@@ -584,8 +605,10 @@ def train(args, parser, stop):
                 if is_main:
                     print(f"non-finite loss at step {step} (epoch {epoch}): loss {base.item()}, "
                           f"vrns {vrns.item()}, lr {optimizer.param_groups[0]['lr']:.3g}. Likely "
-                          "causes: lr too high, temperature too small, fp16 overflow. The last "
-                          f"good checkpoint is kept: {ckpt_path}", file=sys.stderr)
+                          "causes: lr too high, temperature too small, fp16 overflow. "
+                          + (f"The last good checkpoint is kept: {ckpt_path}"
+                             if os.path.exists(ckpt_path) else "No checkpoint was written yet."),
+                          file=sys.stderr)
                 leave(1)
             optimizer.step()
             step += 1
@@ -613,7 +636,7 @@ def train(args, parser, stop):
         # ---- end of epoch: exact statistics of the probe subset, theory, checkpoint ----------
         if is_main:
             probe = evaluation.positive_pair_stats(
-                model, train_images[probe_idx], augment_kwargs=aug, device=device,
+                model, probe_images, augment_kwargs=aug, device=device,
                 generator=torch.Generator(device=device).manual_seed(args.seed + 1))
             record = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                       "elapsed_s": round(time.time() - start_time, 2),
@@ -634,16 +657,15 @@ def train(args, parser, stop):
         dist.barrier()
     if is_main:
         wall = time.time() - start_time
-        summary = evaluation.evaluate(model, train_images, train_labels, test_images,
-                                      test_labels, num_classes=num_classes, augment_kwargs=aug,
-                                      probe_epochs=args.probe_epochs, seed=args.seed,
-                                      device=device)
+        summary = evaluation.evaluate_run(model, vars(args), data_dir=args.data_dir,
+                                          probe_epochs=args.probe_epochs, seed=args.seed,
+                                          device=device, workers=args.workers)
         torch.manual_seed(args.seed + 1)  # the baseline: same architecture, untrained
         baseline = models.ContrastiveModel(args.arch, width=args.width, stem=args.stem)
-        base_eval = evaluation.evaluate(baseline.to(device), train_images, train_labels,
-                                        test_images, test_labels, num_classes=num_classes,
-                                        augment_kwargs=aug, probe_epochs=args.probe_epochs,
-                                        seed=args.seed, device=device)
+        base_eval = evaluation.evaluate_run(baseline.to(device), vars(args),
+                                            data_dir=args.data_dir,
+                                            probe_epochs=args.probe_epochs, seed=args.seed,
+                                            device=device, workers=args.workers)
         summary.update({"random_init_linear_acc": base_eval["linear_acc"],
                         "random_init_knn_acc": base_eval["knn_acc"],
                         "random_init_table1_stats": base_eval["table1_stats"],"args": vars(args), "seed": args.seed, "n_train": n,

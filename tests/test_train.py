@@ -169,3 +169,40 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "non-finite loss at step" in err and "lr too high" in err
+
+
+def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    train.atomic_save({"step": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
+def test_imagefolder_tree_trains_and_evaluates(tmp_path):
+    """A tiny ImageFolder tree (3 classes of PNGs) streamed through DataLoader workers."""
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", 24), ("val", 6)):
+        for c in range(3):
+            os.makedirs(tmp_path / split / f"class{c}")
+            for i in range(count // 3):
+                pixels = torch.randint(0, 256, (40, 48, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(tmp_path / split / f"class{c}" / f"{i}.png")
+    out = tmp_path / "run"
+    train.main(["--dataset", "imagefolder", "--data-dir", str(tmp_path), "--image-size", "32",
+                "--width", "4", "--batch-size", "8", "--epochs", "1", "--workers", "0",
+                "--probe-size", "8", "--probe-epochs", "1", "--precision", "fp32",
+                "--out-dir", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_train"] == 24 and summary["table1_stats"]["n"] == 24
+    with pytest.raises(SystemExit) as e:
+        train.main(["--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing")])
+    assert e.value.code == 2
