@@ -11,14 +11,6 @@ from PIL import Image
 import data
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: on a shared 2-core machine two OpenMP threads made these tests 3-4x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 STATS = dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 IDENTITY = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), p_flip=0.0, p_jitter=0.0, p_gray=0.0)

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,8 +48,3 @@ def test_batch_not_divisible_by_processes_is_rejected(tmp_path):
     r = subprocess.run([*TORCHRUN, "train.py", *TINY, "--batch-size", "33", "--out-dir",
                         str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "not divisible by the 2 processes" in r.stderr
-
-
-@pytest.fixture(autouse=True)
-def _one_thread_each(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes share two cores

@@ -8,14 +8,6 @@ import torchvision
 import models
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: on a shared 2-core machine two OpenMP threads made these tests 3-4x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 EXPANSION = {'resnet18': 1, 'resnet34': 1, 'resnet50': 4}
 

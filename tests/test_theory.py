@@ -18,14 +18,6 @@ import theory
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tensors here are tiny; on a busy 2-core machine a second thread slows them 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def slow_stats(u, v):
     """Mean and population variance of the positives and of the ordered cross-view negatives,
