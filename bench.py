@@ -29,11 +29,10 @@ default model a few %.
 Memory on CPU is resident-set growth in a fresh process (ru_maxrss, which sees every
 allocation, torch's included); on CUDA it is torch.cuda.max_memory_allocated.
 
-Measured on 2 shared cores of an AMD EPYC (avx512_bf16), torch 2.14, in 82 s: every CPU target
-passes but two. InfoNCE at m = 1024 takes 1.52x its floor: it is two cross-entropies (rows and
-columns) where the floor has one, and at m = 1024 they are memory-bound. L_VRNS at m = 256 adds
-44% to a SimCLR step: at m = 2d both exact forms, the (m, m) matrix and the two (d, d) Grams,
-take a quarter of the matmul FLOPs of SimCLR's (2m, 2m) matrix, before any elementwise work.
+Measured on 2 shared cores of an AMD EPYC (avx512_bf16), torch 2.14, in 86 s: every CPU target
+passes but one. L_VRNS at m = 256 adds about 50% to a SimCLR loss step: at m = 2d both exact
+forms, the (m, m) matrix and the two (d, d) Grams, take a quarter of the matmul FLOPs of
+SimCLR's (2m, 2m) matrix before any elementwise work; at m = 1024 it adds 9%.
 
 Shape legend: n embeddings, d embedding dim, m pairs per batch, B images per batch (each gives
 two views).
