@@ -1,7 +1,7 @@
 """Contrastive pre-training that logs the similarities the paper studies.
 
-    python train.py                       # offline demo: generated shapes, ~2-3 min on 2 CPU cores
-    python train.py --loss dcl --vrns-weight 30 --batch-size 32     # any loss, + Def. 5.7 term
+    python train.py                       # offline demo: generated shapes, ~75 s on 2 CPU cores
+    python train.py --loss dcl --vrns-weight 1 --batch-size 32      # any loss, + Def. 5.7 term
     python train.py --dataset cifar100 --data-dir data --arch resnet18 --width 64 --stem cifar \\
         --optimizer sgd --lr 0.3 --warmup-epochs 10 --weight-decay 1e-4 --epochs 200 \\
         --temperature 0.2 --batch-size 256 --vrns-weight 30      # the paper's CIFAR recipe (GPU)
