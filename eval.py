@@ -250,6 +250,23 @@ def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, 
     }
 
 
+def pick_device(name):
+    """'auto' -> cuda, then mps, then cpu; otherwise the named device, which must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError("not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU is visible; use --device cpu (or auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("MPS is not available; use --device cpu (or auto)")
+    return device
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py: linear probe, "
                                 "kNN and Table 1 similarity statistics.")
@@ -276,9 +293,10 @@ def main(argv=None):
              f"{str(e).splitlines()[0][:120] if str(e) else ''})")
     if not args.random_init:
         model.load_state_dict(ckpt["model"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "mps"
-                          if torch.backends.mps.is_available() else "cpu") \
-        if args.device == "auto" else torch.device(args.device)
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        fail(f"--device {args.device}: {err}")
     data_dir = args.data_dir or run["data_dir"]
     start = time.time()
     try:

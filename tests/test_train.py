@@ -47,6 +47,9 @@ def test_train_then_eval_scripts(tmp_path):
     assert 0 <= result["linear_acc"] <= 100 and result["table1_stats"]["n"] == 256
     r = run_script("theory.py", "--run", str(out))
     assert r.returncode == 0, r.stderr
+    if not torch.cuda.is_available():
+        r = run_script("eval.py", "--ckpt", str(out), "--device", "cuda")
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("extra", [
