@@ -1,5 +1,12 @@
+import inspect
+import math
+import numbers
+import textwrap
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 
 @pytest.fixture(autouse=True)
@@ -12,3 +19,15 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+PASTE_NAMESPACE = {"math": math, "numbers": numbers, "np": np, "torch": torch, "F": F}
+
+
+def paste_alone(fn):
+    """fn as a reader gets it by copying its source alone into a file that imports only math,
+    numbers, numpy as np, torch and torch.nn.functional as F. A module-private helper, a module
+    constant or another function of the module then raises NameError when the copy runs."""
+    namespace = dict(PASTE_NAMESPACE)
+    exec(textwrap.dedent(inspect.getsource(fn)), namespace)
+    return namespace[fn.__name__]
