@@ -17,7 +17,10 @@ Two kinds of functions live here:
     in float32 at temperature 0.01 (the literal exp(x / tau) overflows there: exp(2 / 0.01)).
 
 Nothing here reads flags, moves tensors between devices or talks to torch.distributed: under
-data parallelism the training loop gathers u and v first and passes plain tensors.
+data parallelism the training loop gathers u and v first and passes plain tensors. Each function
+stands alone: copied into a file that imports only math, numbers, torch and
+torch.nn.functional as F, it runs. Its one `if ...: raise` line rejects what would otherwise
+fail silently (mismatched shapes, m < 2, a non-positive temperature).
 
 Try it (CPU, instant):
     python -c "import torch, losses; print(losses.simclr_loss(*torch.randn(2, 8, 16), 0.5))"
@@ -27,27 +30,6 @@ import numbers
 
 import torch
 import torch.nn.functional as F
-
-
-def _normalized_pair(u, v):
-    """Check shapes and return the L2-normalised views. A zero row has no direction: it stays 0."""
-    if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor)):
-        raise ValueError(f"u and v must be tensors, got {type(u).__name__} and {type(v).__name__}")
-    if u.dim() != 2 or u.shape != v.shape:
-        raise ValueError(f"u and v must both have shape (m, d); got {tuple(u.shape)} and "
-                         f"{tuple(v.shape)}")
-    if u.shape[0] < 2:
-        raise ValueError(f"a contrastive loss needs m >= 2 pairs per batch, got m = {u.shape[0]}")
-    return F.normalize(u, dim=1), F.normalize(v, dim=1)
-
-
-def _check_positive(name, value):
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
-def _off_diagonal(m, device):
-    return ~torch.eye(m, dtype=torch.bool, device=device)  # (m, m), True where i != j
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,8 +47,11 @@ def infonce_family_loss(u, v, phi, psi, c1, c2):
     Written as the paper writes it, so exp(x / tau) overflows float32 once 2 / tau > 88:
     use the named losses below for training.
     """
-    u, v = _normalized_pair(u, v)
-    off = _off_diagonal(u.shape[0], u.device)  # (m, m)
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
+        raise ValueError(f"u, v must share one shape (m, d) with m >= 2, got "
+                         f"{tuple(u.shape)} and {tuple(v.shape)}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (m, d) each
+    off = 1 - torch.eye(len(u), dtype=u.dtype, device=u.device)  # (m, m)  1 where j != i
 
     def half(a, b):  # L_info(A, B): anchors a_i, positives b_i
         pos = (a * b).sum(1, keepdim=True)  # (m, 1)  a_i^T b_i
@@ -86,13 +71,16 @@ def independently_additive_loss(u, v, phi, psi, c1, c2):
 
     phi concave increasing (rewards positives), psi convex increasing (penalises negatives).
     """
-    u, v = _normalized_pair(u, v)
-    m = u.shape[0]
-    off = _off_diagonal(m, u.device)  # (m, m)
-    pos = (u * v).sum(1)  # (m,)
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
+        raise ValueError(f"u, v must share one shape (m, d) with m >= 2, got "
+                         f"{tuple(u.shape)} and {tuple(v.shape)}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (m, d) each
+    m = len(u)
+    off = 1 - torch.eye(m, dtype=u.dtype, device=u.device)  # (m, m)  1 where i != j
     cross = (psi(u @ v.T) * off).sum()
     within = (psi(u @ u.T) * off).sum() + (psi(v @ v.T) * off).sum()
-    return -phi(pos).mean() + c1 * cross / (m * (m - 1)) + c2 * within / (2 * m * (m - 1))
+    return (-phi((u * v).sum(1)).mean() + c1 * cross / (m * (m - 1))
+            + c2 * within / (2 * m * (m - 1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,38 +95,34 @@ def infonce_loss(u, v, temperature):
     over its columns (CLIP's loss). tau around 0.1-0.5 in practice; the paper sweeps
     {0.1, ..., 0.5}.
     """
-    _check_positive("temperature", temperature)
-    u, v = _normalized_pair(u, v)
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2 or not 0 < temperature < math.inf:
+        raise ValueError(f"need u, v of one shape (m, d) with m >= 2 and a finite temperature "
+                         f"> 0; got {tuple(u.shape)}, {tuple(v.shape)}, {temperature!r}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (m, d) each
     logits = u @ v.T / temperature  # (m, m)  logits[i, j] = u_i^T v_j / tau
     # = 0.5 * F.cross_entropy(logits, arange(m)) + 0.5 * F.cross_entropy(logits.T, arange(m)),
-    # written with log-sum-exp over rows and columns: the transposed cross-entropy copies the
-    # (m, m) matrix, which took forward + backward at m = 1024 from 1.36x to 1.57x the time of
-    # one cross-entropy on 2 CPU cores (bench.py).
+    # written with log-sum-exp over rows and over columns: the cross-entropy of logits.T would
+    # first copy the (m, m) matrix into row order.
     lse = 0.5 * torch.logsumexp(logits, 1) + 0.5 * torch.logsumexp(logits, 0)  # (m,)
     return (lse - logits.diagonal()).mean()
-
-
-def _two_view_logits(u, v, temperature):
-    """Similarities of all 2m embeddings z = [u; v], self-similarities masked with -inf.
-    Masked in place on the fresh matrix, with no (2m, 2m) mask or copy: simclr's forward +
-    backward at m = 1024, d = 128 on 2 CPU cores went from 1.15x to 1.01x the time of a bare
-    cross-entropy on the same logits."""
-    z = torch.cat([u, v])  # (2m, d)
-    return (z @ z.T / temperature).fill_diagonal_(-math.inf)  # (2m, 2m)
 
 
 def simclr_loss(u, v, temperature):
     """SimCLR's NT-Xent (Chen 2020): Def. 3.1 with (c1, c2) = (1, 1).
 
     Denominator of anchor u_i: sum_j e^{u_i^T v_j / tau} + sum_{j!=i} e^{u_i^T u_j / tau}
-    (2m - 1 terms). Just cross-entropy over the 2m x 2m similarity matrix without its diagonal,
-    the target of row i being its other view; averaging the 2m rows is the mean of both halves.
+    (2m - 1 terms). Just cross-entropy over the 2m x 2m similarity matrix of z = [u; v] without
+    its diagonal, the target of row i being its other view; the mean over the 2m rows is the
+    mean of both halves.
     """
-    _check_positive("temperature", temperature)
-    u, v = _normalized_pair(u, v)
-    m = u.shape[0]
-    logits = _two_view_logits(u, v, temperature)  # (2m, 2m)
-    labels = torch.cat([torch.arange(m, 2 * m), torch.arange(m)]).to(u.device)  # (2m,)
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2 or not 0 < temperature < math.inf:
+        raise ValueError(f"need u, v of one shape (m, d) with m >= 2 and a finite temperature "
+                         f"> 0; got {tuple(u.shape)}, {tuple(v.shape)}, {temperature!r}")
+    m = len(u)
+    z = F.normalize(torch.cat([u, v]), dim=1)  # (2m, d)
+    # the self-similarities leave the softmax: masked in place, no (2m, 2m) mask or copy
+    logits = (z @ z.T / temperature).fill_diagonal_(-math.inf)  # (2m, 2m)
+    labels = torch.arange(2 * m, device=u.device).roll(m)  # (2m,)  m, ..., 2m-1, 0, ..., m-1
     return F.cross_entropy(logits, labels)
 
 
@@ -150,16 +134,16 @@ def dcl_loss(u, v, temperature):
 
     Unlike SimCLR it can be negative (the log no longer contains the positive term).
     """
-    _check_positive("temperature", temperature)
-    u, v = _normalized_pair(u, v)
-    m = u.shape[0]
-    logits = _two_view_logits(u, v, temperature)  # (2m, 2m)
-    # the positives leave the denominator too: (i, m + i) holds u_i^T v_i, (m + i, i) v_i^T u_i.
-    # Masked in place, not gathered and copied: at m = 1024, d = 128 on 2 CPU cores forward +
-    # backward went from 1.32x to 1.18x the time of a bare cross-entropy on the same logits.
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2 or not 0 < temperature < math.inf:
+        raise ValueError(f"need u, v of one shape (m, d) with m >= 2 and a finite temperature "
+                         f"> 0; got {tuple(u.shape)}, {tuple(v.shape)}, {temperature!r}")
+    m = len(u)
+    z = F.normalize(torch.cat([u, v]), dim=1)  # (2m, d)
+    logits = (z @ z.T / temperature).fill_diagonal_(-math.inf)  # (2m, 2m)  no self-pairs
+    # the positives leave the denominator too: (i, m + i) holds u_i^T v_i, (m + i, i) v_i^T u_i
     logits.diagonal(m).fill_(-math.inf)
     logits.diagonal(-m).fill_(-math.inf)
-    pos = (u * v).sum(1) / temperature  # (m,)  u_i^T v_i / tau, for both anchors
+    pos = (z[:m] * z[m:]).sum(1) / temperature  # (m,)  u_i^T v_i / tau, for both anchors
     return (torch.logsumexp(logits, dim=1).view(2, m) - pos).mean()  # rows: u-, then v-anchored
 
 
@@ -169,15 +153,14 @@ def dhel_loss(u, v, temperature):
     v-anchored half uses v_i^T v_j (the paper's printed v-half swaps a u and v: erratum).
     The authors' code weights the terms differently; this follows the paper's Table 2.
     """
-    _check_positive("temperature", temperature)
-    u, v = _normalized_pair(u, v)
-    off = _off_diagonal(u.shape[0], u.device)  # (m, m)
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2 or not 0 < temperature < math.inf:
+        raise ValueError(f"need u, v of one shape (m, d) with m >= 2 and a finite temperature "
+                         f"> 0; got {tuple(u.shape)}, {tuple(v.shape)}, {temperature!r}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (m, d) each
     pos = (u * v).sum(1) / temperature  # (m,)
-    uu = (u @ u.T / temperature).masked_fill(~off, -math.inf)  # (m, m)
-    vv = (v @ v.T / temperature).masked_fill(~off, -math.inf)  # (m, m)
-    u_half = (torch.logsumexp(uu, 1) - pos).mean()
-    v_half = (torch.logsumexp(vv, 1) - pos).mean()
-    return 0.5 * u_half + 0.5 * v_half
+    uu = (u @ u.T / temperature).fill_diagonal_(-math.inf)  # (m, m)  no self-pairs
+    vv = (v @ v.T / temperature).fill_diagonal_(-math.inf)  # (m, m)
+    return (0.5 * torch.logsumexp(uu, 1) + 0.5 * torch.logsumexp(vv, 1) - pos).mean()
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,12 +179,15 @@ def siglip_loss(u, v, t, b, within_view=False):
     within_view=True adds the c2 = 1 term (the paper's remedy for excessive separation, Thm 5.1):
     (1/(2m)) sum_{i!=j} [log(1 + e^{t u_i^T u_j - b}) + log(1 + e^{t v_i^T v_j - b})].
     """
-    _check_positive("t", t)
-    if not math.isfinite(b):
-        raise ValueError(f"b must be a finite number, got {b!r}")
-    u, v = _normalized_pair(u, v)
-    m = u.shape[0]
-    off = _off_diagonal(m, u.device)  # (m, m)
+    if (u.dim() != 2 or u.shape != v.shape or len(u) < 2
+            or not (0 < t < math.inf and math.isfinite(b))):
+        raise ValueError(f"need u, v of one shape (m, d) with m >= 2, a finite t > 0 and a "
+                         f"finite b; got {tuple(u.shape)}, {tuple(v.shape)}, t = {t!r}, b = {b!r}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (m, d) each
+    m = len(u)
+    # a mask, not "all pairs minus the diagonal": at large t the positives' softplus(t s - b)
+    # can dwarf the negatives' and the subtraction would cancel their digits
+    off = 1 - torch.eye(m, dtype=u.dtype, device=u.device)  # (m, m)  1 where i != j
     pos = (u * v).sum(1)  # (m,)
     loss = F.softplus(b - t * pos).mean() + (F.softplus(t * (u @ v.T) - b) * off).sum() / m
     if within_view:
@@ -218,12 +204,16 @@ def spectral_loss(u, v, within_view=False):
 
     HaoChen's original has a factor 2 on the positive term and unnormalised outputs; here
     embeddings are unit-norm like every other loss. psi(x) = x^2 is not increasing on [-1, 0],
-    so this loss sits outside Def. 3.2's assumptions (PAPER.md section 7).
+    so this loss sits outside Def. 3.2's assumptions and Thm 5.1 does not cover it: for d >= m
+    its optimum makes the negatives orthogonal (s = 0), not a simplex at -1/(m-1).
     within_view=True adds 1/(2m(m-1)) sum_{i!=j} [(u_i^T u_j)^2 + (v_i^T v_j)^2].
     """
-    u, v = _normalized_pair(u, v)
-    m = u.shape[0]
-    off = _off_diagonal(m, u.device)  # (m, m)
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
+        raise ValueError(f"u, v must share one shape (m, d) with m >= 2, got "
+                         f"{tuple(u.shape)} and {tuple(v.shape)}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (m, d) each
+    m = len(u)
+    off = 1 - torch.eye(m, dtype=u.dtype, device=u.device)  # (m, m)  1 where i != j
     loss = -(u * v).sum(1).mean() + ((u @ v.T) ** 2 * off).sum() / (m * (m - 1))
     if within_view:
         within = ((u @ u.T) ** 2 * off).sum() + ((v @ v.T) ** 2 * off).sum()
@@ -245,21 +235,15 @@ def vrns_loss(u, v, n):
     E[(s - delta)^2] = Var[s] + (E[s] - delta)^2 pulls the negatives' variance down while
     holding their mean where full-batch training would put it. Added as L + lam * L_VRNS;
     the paper uses lam = 30 on CIFAR and ImageNet-100, 40 on ImageNet.
+    Cost: one (m, m) matmul (2 m^2 d FLOPs forward, twice that backward) and a few elementwise
+    passes over the (m, m) matrix; the diagonal is zeroed in place, with no mask and no host
+    synchronisation.
     """
-    u, v = _normalized_pair(u, v)
-    m = u.shape[0]
-    if not (isinstance(n, numbers.Integral) and n >= m):
-        raise ValueError(f"n must be the training-set size, an integer >= the batch size m = {m};"
-                         f" got {n!r}")
-    delta = -1.0 / (int(n) - 1)
-    # sum_{i!=j} (s_ij - delta)^2 = sum_{i!=j} s_ij^2 - 2 delta sum_{i!=j} s_ij + m(m-1) delta^2
-    # with the identities of eval.similarity_stats: sum_{i,j} s_ij^2 = <U^T U, V^T V>_F and
-    # sum_{i,j} s_ij = (sum_i u_i)^T (sum_j v_j). O(m d^2) instead of O(m^2 d), and no (m, m)
-    # matrix: forward + backward at d = 128 on 2 CPU cores took 1.9 ms instead of 5.8 at
-    # m = 1024 (a simclr step +12% instead of +24%), the same 0.7 ms at m = 2d = 256, 0.13 ms
-    # more at m = 128. In float32, subtracting the diagonal (at most m) costs at most ~m x 6e-8
-    # absolute in the sum of squares, ~6e-8 / m in the loss.
-    pos = (u * v).sum(1)  # (m,)  s_ii
-    sq = (u.T @ u * (v.T @ v)).sum() - (pos ** 2).sum()  # sum_{i!=j} s_ij^2, via (d, d) Grams
-    lin = u.sum(0) @ v.sum(0) - pos.sum()  # sum_{i!=j} s_ij
-    return (sq - 2 * delta * lin) / (m * (m - 1)) + delta ** 2
+    if (u.dim() != 2 or u.shape != v.shape
+            or not (isinstance(n, numbers.Integral) and 2 <= len(u) <= n)):
+        raise ValueError(f"need u, v of one shape (m, d) with m >= 2 and the training-set size "
+                         f"n, an integer >= m; got {tuple(u.shape)}, {tuple(v.shape)}, n = {n!r}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (m, d) each
+    m = len(u)
+    D = (u @ v.T + 1 / (n - 1)).fill_diagonal_(0)  # (m, m)  s_ij - delta; i = j is no negative
+    return (D ** 2).sum() / (m * (m - 1))

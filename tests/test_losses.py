@@ -1,11 +1,15 @@
-"""Each named loss against a slow loop over the paper's formula (float64), plus properties."""
+"""Each named loss against a slow loop over the paper's formula (float64), plus properties:
+every public function pastes and runs alone, and runs on the meta device without creating a
+tensor elsewhere (no CPU tensor moved to the GPU, no data-dependent shape that syncs the host)."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import losses
+from conftest import paste_alone
 
 TEMPERATURE_LOSSES = [losses.infonce_loss, losses.simclr_loss, losses.dcl_loss, losses.dhel_loss]
 
@@ -14,7 +18,7 @@ def unit(x):
     return F.normalize(x, dim=1)
 
 
-# ---- slow references: one Python loop per sum, exactly as printed in PAPER.md -----------------
+# ---- slow references: one Python loop per sum, as the paper prints them --------------------
 
 def loop_infonce_family(u, v, tau, cross, within, positive_in_denominator, log1p):
     """Mean of the u- and v-anchored halves of the Def. 3.1 losses, term by term."""
@@ -296,11 +300,71 @@ def test_rejects_bad_temperature(loss, tau):
 
 def test_rejects_bad_siglip_and_vrns_arguments():
     u, v = torch.randn(2, 4, 3)
-    with pytest.raises(ValueError, match="t must"):
+    with pytest.raises(ValueError, match="t > 0"):
         losses.siglip_loss(u, v, 0.0, 1.0)
-    with pytest.raises(ValueError, match="b must"):
+    with pytest.raises(ValueError, match="finite b"):
         losses.siglip_loss(u, v, 1.0, float("nan"))
     with pytest.raises(ValueError, match="training-set size"):
         losses.vrns_loss(u, v, 3)
     with pytest.raises(ValueError, match="training-set size"):
         losses.vrns_loss(u, v, 100.0)
+
+
+# ---- copyable: each function pastes alone and stays on its inputs' device ---------------------
+
+PUBLIC = {  # name -> a call on (u, v) that exercises every branch
+    "infonce_family_loss": lambda fn, u, v: fn(u, v, lambda x: torch.exp(x / 0.3), torch.log1p,
+                                               1, 1),
+    "independently_additive_loss": lambda fn, u, v: fn(u, v, lambda x: x, lambda x: x ** 2, 1, 1),
+    "infonce_loss": lambda fn, u, v: fn(u, v, 0.3),
+    "simclr_loss": lambda fn, u, v: fn(u, v, 0.3),
+    "dcl_loss": lambda fn, u, v: fn(u, v, 0.3),
+    "dhel_loss": lambda fn, u, v: fn(u, v, 0.3),
+    "siglip_loss": lambda fn, u, v: fn(u, v, 5.0, 1.0) + fn(u, v, 5.0, 1.0, within_view=True),
+    "spectral_loss": lambda fn, u, v: fn(u, v) + fn(u, v, within_view=True),
+    "vrns_loss": lambda fn, u, v: fn(u, v, 100),
+}
+
+
+def test_every_public_function_is_listed():
+    public = {name for name, obj in vars(losses).items()
+              if callable(obj) and not name.startswith("_")
+              and getattr(obj, "__module__", None) == "losses"}
+    assert public == set(PUBLIC)
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_pastes_and_runs_alone(name):
+    """The function's source alone, in a file importing only math, numbers, np, torch and F."""
+    fn, pasted = getattr(losses, name), paste_alone(getattr(losses, name))
+    for seed, (m, d) in enumerate([(2, 3), (7, 5)]):
+        u, v = embeddings(m, d, seed=seed)
+        assert PUBLIC[name](pasted, u, v).item() == PUBLIC[name](fn, u, v).item()
+    with pytest.raises(ValueError, match="shape"):
+        PUBLIC[name](pasted, torch.randn(4, 3), torch.randn(4, 5))
+
+
+class OffDeviceTensors(TorchFunctionMode):
+    """Records every torch call that returns a tensor off the meta device."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self.calls.append(getattr(func, "__name__", repr(func)))
+        return out
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_runs_on_the_inputs_device_without_host_reads(name):
+    """On the meta device a tensor has no data: a host read (.item(), a boolean index) raises,
+    and a tensor built on the CPU (then moved, a host-to-device copy on a GPU) is recorded."""
+    u, v = torch.randn(2, 8, 4, device="meta").requires_grad_()
+    with OffDeviceTensors() as mode:
+        loss = PUBLIC[name](getattr(losses, name), u, v)
+        loss.backward()
+    assert loss.device.type == "meta" and mode.calls == []
