@@ -15,10 +15,13 @@ layer1..layer4, so torchvision and solo-learn state dicts load) and its init. Tw
 Shapes: B images, C = 3 channels, S image side, D_h encoder feature dim (8 * width * expansion:
 512 for resnet18/34 and 2048 for resnet50 at width 64), d embedding dim (projector output, 128).
 
+`pick_device` says where the model runs: the `--device` flag of train.py and eval.py.
+
 Try it (CPU, a second):
     python -c "import models, torch; h, z = models.ContrastiveModel(width=16)(torch.randn(4, 3, \
 32, 32)); print(h.shape, z.shape)"
 """
+import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
@@ -111,3 +114,21 @@ class ContrastiveModel(nn.Module):
     def forward(self, x):
         h = self.encoder(x)  # (B, D_h)
         return h, self.projector(h)  # (B, D_h), (B, d)
+
+
+def pick_device(name):
+    """'auto' -> cuda, then mps, then cpu; otherwise the named device, which must exist.
+    Raises ValueError with the fix in one line, for the script to print against its flag."""
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        return torch.device('mps' if torch.backends.mps.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError('not a device; use auto, cpu, cuda, cuda:N or mps') from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('no CUDA GPU is visible; use --device cpu (or auto)')
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError('MPS is not available; use --device cpu (or auto)')
+    return device

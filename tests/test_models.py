@@ -1,13 +1,11 @@
 """Tests for models.py: shapes for every arch and stem, equality with torchvision's ResNets, the
-projector of App. D, and argument checks."""
+projector of App. D, argument checks and the device picker."""
 import pytest
 import torch
 import torch.nn as nn
 import torchvision
 
 import models
-
-
 
 EXPANSION = {'resnet18': 1, 'resnet34': 1, 'resnet50': 4}
 
@@ -78,3 +76,15 @@ def test_bad_input_shape():
     for x in (torch.randn(2, 1, 32, 32), torch.randn(3, 32, 32)):
         with pytest.raises(ValueError, match='3, S, S'):
             model(x)
+
+
+def test_pick_device():
+    assert models.pick_device('cpu') == torch.device('cpu')
+    assert models.pick_device('auto').type == ('cuda' if torch.cuda.is_available() else
+                                               'mps' if torch.backends.mps.is_available() else
+                                               'cpu')
+    with pytest.raises(ValueError, match='not a device'):
+        models.pick_device('gpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='no CUDA GPU'):
+            models.pick_device('cuda:0')
