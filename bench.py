@@ -10,8 +10,8 @@ GPU) says "skipped" and does not count.
   1. similarity statistics: eval.similarity_stats, O(n d^2), against the brute-force n x n sums
      done one block of rows at a time; time and peak memory for each n of --n-list
   2. losses: forward + backward of each loss against its floor, a bare step on the same logits
-     (normalise, matmul, one F.cross_entropy); L_VRNS (Def. 5.7) against its own floor, one
-     (m, m) matmul and the elementwise square, and against a training step at the same m
+     (normalise, matmul, one F.cross_entropy); L_VRNS (Def. 5.7) against its own floor
+     (normalise, one (m, m) matmul, the elementwise square) and against a training step at m
      (train.py's default model on CPU, the paper's ResNet-18 on a GPU; eager)
   3. augmentation: data.two_views (batched tensor ops) against torchvision's per-image PIL
      pipeline with the same parameters (CPU)
@@ -302,7 +302,15 @@ def floor_loss(u, v, logits_fn):
 
 
 def vrns_floor(u, v):
-    """The floor of L_VRNS: the one (m, m) matmul every exact form needs, squared elementwise."""
+    """The floor of L_VRNS: the similarities it squares, u_i^T v_j of the normalised
+    embeddings (as every floor above, from the normalised u, v), one (m, m) matmul, squared."""
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)
+    return (u @ v.T).square().mean()  # (m, m) -> ()
+
+
+def bare_matmul_square(u, v):
+    """The arithmetic alone, printed beside the floor: one (m, m) matmul, squared. At small m
+    the two normalisations of u and v cost more than this on a CPU."""
     return (u @ v.T).square().mean()  # (m, m) -> ()
 
 
@@ -338,24 +346,28 @@ def bench_losses(args, device, table):
 
 
 def bench_vrns(args, device, table, config):
-    """L_VRNS forward + backward against its floor and against a training step at the same m.
-    The training step already contains one L_VRNS (train.contrastive_step logs it at lam = 0)."""
+    """L_VRNS forward + backward against its floor, against the bare matmul and square, and
+    against a training step at the same m. The training step already contains one L_VRNS
+    (train.contrastive_step logs it at lam = 0)."""
     bf16 = train.use_bf16("auto", device)
     print(f"\n== 2b. L_VRNS (Def. 5.7), d = {args.d}, n = {N_VRNS:,}, float32, forward + "
-          "backward, against its floor (one (m, m) matmul, squared) and against a training "
-          f"step at batch m ({describe(config)}, {'bf16' if bf16 else 'fp32'}, eager, "
-          f"{torch.get_num_threads()} thread(s))")
-    print(f"{'m':>6} {'vrns_loss':>10} {'floor':>9} {'ratio':>6} {'train step':>11} {'share':>7}")
+          "backward, against its floor (normalise, one (m, m) matmul, square), the bare "
+          f"matmul + square, and a training step at batch m ({describe(config)}, "
+          f"{'bf16' if bf16 else 'fp32'}, eager, {torch.get_num_threads()} thread(s))")
+    print(f"{'m':>6} {'vrns_loss':>10} {'floor':>9} {'ratio':>6} {'bare':>9} {'ratio':>6} "
+          f"{'train step':>11} {'share':>7}")
     for m in args.vrns_m:
         u, v = embeddings(m, args.d, device, seed=2)
         t = race({"vrns": forward_backward(lambda a, b: losses.vrns_loss(a, b, N_VRNS), u, v),
-                  "floor": forward_backward(vrns_floor, u, v)},
+                  "floor": forward_backward(vrns_floor, u, v),
+                  "bare": forward_backward(bare_matmul_square, u, v)},
                  device=device, rounds=args.rounds, reps=max(1, 4096 // m))
         step = make_step(config, m, bf16=bf16, device=device)[0]
         step_s = race({"step": step}, device=device, rounds=args.step_rounds)["step"]
         ratio, share = t["vrns"] / t["floor"], t["vrns"] / step_s
         print(f"{m:>6} {t['vrns'] * 1e3:>8.3f}ms {t['floor'] * 1e3:>7.3f}ms {ratio:>5.2f}x "
-              f"{step_s * 1e3:>9.1f}ms {100 * share:>6.2f}%")
+              f"{t['bare'] * 1e3:>7.3f}ms {t['vrns'] / t['bare']:>5.2f}x {step_s * 1e3:>9.1f}ms "
+              f"{100 * share:>6.2f}%")
         table.append((f"vrns_loss fwd+bwd / its floor, m={m}", f"{ratio:.2f}x", "<= 2x",
                       ratio <= 2))
         table.append((f"vrns_loss fwd+bwd / train step {describe(config)}, m={m}",
