@@ -3,11 +3,16 @@
     python eval.py --ckpt runs/RUN                 # trained encoder (train.py runs this too)
     python eval.py --ckpt runs/RUN --random-init   # same architecture, untrained: the baseline
 
-Writes RUN/eval.json (or eval_random_init.json). The functions are pure and importable:
-similarity_stats(u, v) works on any (n, d) embeddings, e.g. a whole training set at n = 50,000.
+Writes RUN/eval.json (or eval_random_init.json). Everything runs on --device (auto: the GPU
+when there is one); nothing needs one.
 
-Shape legend: n = embeddings (pairs), d = embedding dimension, N = images, D_h = encoder
-feature dimension, C = classes, B = images per forward pass.
+The copyable functions (similarity_stats, linear_probe, knn_accuracy) are pure and paste alone;
+similarity_stats works on any (N, d) embeddings, e.g. N = 50,000.
+
+Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch (the
+run's batch size), d embedding dimension (projector output). N images in the set at hand (a
+sample such as Table 1's 5,000, or a whole split), D_h encoder feature dimension, C classes,
+B images per forward pass, k neighbours of the kNN classifier.
 """
 import argparse
 import json
@@ -22,54 +27,53 @@ import torch.nn.functional as F
 import data
 import models
 
+CKPT_FORMAT = "embedding-similarity-ckpt/1"  # the marker train.py writes into its checkpoints
+
 
 def similarity_stats(u, v):
     """Exact mean and variance of the paper's similarities (Def. 4.1) over ALL pairs, without
-    ever building the n x n similarity matrix: O(n d^2) time, O(d^2) extra memory.
+    ever building the N x N similarity matrix: O(N d^2) time, O(d^2) extra memory.
 
-    u, v: (n, d), row i of each the two views of instance i (normalised here). Returns floats:
-      pos_mean, pos_var       over the n positive pairs s_ii = u_i^T v_i
-      neg_mean, neg_var       over the n(n-1) ordered cross-view negatives s_ij = u_i^T v_j, i != j
-      within_mean, within_var over the 2 n(n-1) ordered within-view negatives u_i^T u_j, v_i^T v_j
-      n
-    Variances are population variances (divide by the pair count).
+    u, v: (N, d), row i of each the two views of instance i (normalised here). Returns 0-d
+    tensors on the inputs' device, float64 (float32 on MPS, which has no float64), and no host
+    synchronisation, so a training loop can call it every step:
+      pos_mean, pos_var       over the N positive pairs s_ii = u_i^T v_i
+      neg_mean, neg_var       over the N(N-1) ordered cross-view negatives s_ij = u_i^T v_j, i != j
+      within_mean, within_var over the 2N(N-1) ordered within-view negatives u_i^T u_j, v_i^T v_j
+    and count = N (a Python int), the number of positive pairs. Variances are population
+    variances (divide by the pair count).
 
     The identities. Let S = U V^T, so s_ij = u_i^T v_j. Its total is
         sum_{i,j} s_ij = sum_i u_i^T sum_j v_j = (sum_i u_i)^T (sum_j v_j),
     so sum_{i!=j} s_ij = (sum u)^T (sum v) - sum_i s_ii. Its squared total is
         sum_{i,j} s_ij^2 = ||U V^T||_F^2 = tr(V U^T U V^T) = tr(U^T U V^T V) = <U^T U, V^T V>_F,
-    two d x d Gram matrices instead of one n x n matrix, so
+    two d x d Gram matrices instead of one N x N matrix, so
         sum_{i!=j} s_ij^2 = <U^T U, V^T V>_F - sum_i s_ii^2,
     and Var = E[s^2] - E[s]^2. Within-view pairs are the case V = U.
-    At n = 50,000, d = 128 the n x n matrix would hold 2.5e9 entries (10 GB in float32); the Gram
+    At N = 50,000, d = 128 the N x N matrix would hold 2.5e9 entries (10 GB in float32); the Gram
     matrices hold 16,384. The sums run in float64 because E[s^2] - E[s]^2 cancels
     catastrophically in float32 when the variance is small.
     """
-    if u.dim() != 2 or u.shape != v.shape or u.shape[0] < 2:
-        raise ValueError(f"u and v must both have shape (n, d) with n >= 2; got {tuple(u.shape)} "
-                         f"and {tuple(v.shape)}")
-    u = F.normalize(u.detach().double(), dim=1)  # (n, d)
-    v = F.normalize(v.detach().double(), dim=1)  # (n, d)
-    n = u.shape[0]
-    pairs = n * (n - 1)
-    pos = (u * v).sum(1)  # (n,)
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
+        raise ValueError(f"need u, v of one shape (N, d), N >= 2; got {u.shape} and {v.shape}")
+    dtype = torch.float32 if u.device.type == "mps" else torch.float64
+    u = F.normalize(u.detach().to(dtype), dim=1)  # (N, d)
+    v = F.normalize(v.detach().to(dtype), dim=1)  # (N, d)
+    N = len(u)
+    pairs = N * (N - 1)
+    pos = (u * v).sum(1)  # (N,)
     su, sv = u.sum(0), v.sum(0)  # (d,), (d,)
     gu, gv = u.T @ u, v.T @ v  # (d, d), (d, d)
     neg_sum = su @ sv - pos.sum()
     neg_sq = (gu * gv).sum() - (pos ** 2).sum()
-    norms_u, norms_v = (u * u).sum(1), (v * v).sum(1)  # (n,), (n,)  1, or 0 for a zero row
+    norms_u, norms_v = (u * u).sum(1), (v * v).sum(1)  # (N,), (N,)  1, or 0 for a zero row
     within_sum = su @ su - norms_u.sum() + sv @ sv - norms_v.sum()
     within_sq = (gu * gu).sum() - (norms_u ** 2).sum() + (gv * gv).sum() - (norms_v ** 2).sum()
     neg_mean, within_mean = neg_sum / pairs, within_sum / (2 * pairs)
-    return {
-        "pos_mean": pos.mean().item(),
-        "pos_var": pos.var(unbiased=False).item(),
-        "neg_mean": neg_mean.item(),
-        "neg_var": (neg_sq / pairs - neg_mean ** 2).item(),
-        "within_mean": within_mean.item(),
-        "within_var": (within_sq / (2 * pairs) - within_mean ** 2).item(),
-        "n": n,
-    }
+    return {"pos_mean": pos.mean(), "pos_var": pos.var(unbiased=False),
+            "neg_mean": neg_mean, "neg_var": neg_sq / pairs - neg_mean ** 2,
+            "within_mean": within_mean, "within_var": within_sq / (2 * pairs) - within_mean ** 2,
+            "count": N}
 
 
 # ------------------------------------------------------------------------------------------
@@ -78,17 +82,17 @@ def similarity_stats(u, v):
 
 @torch.no_grad()
 def extract_features(encoder, images, *, mean, std, batch_size=512, device="cpu"):
-    """Encoder features h of un-augmented images: (N, 3, H, W) uint8 -> (N, D_h) float32 on CPU.
-    Runs in eval mode (BatchNorm uses its running statistics) and restores the previous mode,
-    so extracting never changes the encoder."""
+    """Encoder features h of un-augmented images: (N, 3, H, W) uint8 -> (N, D_h) float32 on
+    `device`. Runs in eval mode (BatchNorm uses its running statistics) and restores the previous
+    mode, so extracting never changes the encoder."""
     was_training = encoder.training
     encoder.eval()
     feats = []
     for start in range(0, len(images), batch_size):
         x = data.normalize(images[start:start + batch_size].to(device), mean=mean, std=std)
-        feats.append(encoder(x).float().cpu())  # (B, D_h)
+        feats.append(encoder(x).float())  # (B, D_h)
     encoder.train(was_training)
-    return torch.cat(feats)
+    return torch.cat(feats)  # (N, D_h)
 
 
 def linear_probe(train_feats, train_labels, test_feats, test_labels, *, num_classes, epochs=200,
@@ -99,80 +103,138 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, *, num_clas
     decay, batch 256, 200 epochs (on precomputed features an epoch costs milliseconds).
     Momentum 0.9 and a cosine decay to 0 are added. The official code instead trains on
     crop+flip augmented images without normalising features: a different protocol.
+    Runs on the device of train_feats. The initial weights and the batch order come from a
+    seeded CPU generator, so every device draws the same numbers.
     """
     if len(train_feats) != len(train_labels) or len(test_feats) != len(test_labels):
         raise ValueError("features and labels must have the same length")
     if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, "
-                         f"{batch_size}, {lr}")
+        raise ValueError(f"need epochs, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    device = train_feats.device
     g = torch.Generator().manual_seed(seed)
     x_train = F.normalize(train_feats.float(), dim=1)  # (N, D_h)
-    x_test = F.normalize(test_feats.float(), dim=1)  # (N_test, D_h)
-    head = torch.nn.Linear(x_train.shape[1], num_classes)
-    with torch.no_grad():  # seeded init, independent of the global RNG
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
-        head.bias.zero_()
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    x_test = F.normalize(test_feats.float().to(device), dim=1)  # (N_test, D_h)
+    y_train, y_test = train_labels.to(device), test_labels.to(device)  # (N,), (N_test,)
+    W = (torch.randn(num_classes, x_train.shape[1], generator=g) * 0.01).to(device)  # (C, D_h)
+    b = torch.zeros(num_classes, device=device)  # (C,)
+    params = [W.requires_grad_(), b.requires_grad_()]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     for _ in range(epochs):
-        perm = torch.randperm(len(x_train), generator=g)
+        perm = torch.randperm(len(x_train), generator=g).to(device)  # (N,) one copy an epoch
         for start in range(0, len(x_train), batch_size):
-            idx = perm[start:start + batch_size]
-            loss = F.cross_entropy(head(x_train[idx]), train_labels[idx])
+            idx = perm[start:start + batch_size]  # (B,)
+            loss = F.cross_entropy(F.linear(x_train[idx], W, b), y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
     with torch.no_grad():
-        return 100.0 * (head(x_test).argmax(1) == test_labels).float().mean().item()
+        return 100.0 * (F.linear(x_test, W, b).argmax(1) == y_test).float().mean().item()
 
 
 @torch.no_grad()
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, num_classes, k=20,
                  temperature=0.1, chunk=1024):
     """Top-1 accuracy (%) of a weighted k-nearest-neighbour classifier on cosine similarity
-    (Wu et al. 2018): each of the k nearest training features votes exp(sim / temperature)."""
+    (Wu et al. 2018): each of the k nearest training features votes exp(sim / temperature).
+    Runs on the device of train_feats, `chunk` test features at a time: O(chunk N) memory."""
     if not 1 <= k <= len(train_feats):
         raise ValueError(f"k must be in [1, {len(train_feats)}], got {k}")
+    device = train_feats.device
     bank = F.normalize(train_feats.float(), dim=1)  # (N, D_h)
-    correct = 0
+    bank_labels, test_labels = train_labels.to(device), test_labels.to(device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(test_feats), chunk):
-        q = F.normalize(test_feats[start:start + chunk].float(), dim=1)  # (c, D_h)
-        sim, idx = (q @ bank.T).topk(k, dim=1)  # (c, k)
-        votes = torch.zeros(len(q), num_classes)  # (c, C)
-        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
-        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum().item()
-    return 100.0 * correct / len(test_feats)
+        q = F.normalize(test_feats[start:start + chunk].float().to(device), dim=1)  # (c, D_h)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (c, k), most similar first
+        # exp((s - s_max) / T): the same vote up to a factor per row, where exp(s / T) would
+        # overflow float32 for T < 0.0113
+        weight = ((sim - sim[:, :1]) / temperature).exp()  # (c, k) in (0, 1]
+        votes = torch.zeros(len(q), num_classes, device=device)  # (c, C)
+        votes.scatter_add_(1, bank_labels[idx], weight)
+        correct += (votes.argmax(1) == test_labels[start:start + chunk]).sum()
+    return 100.0 * correct.item() / len(test_feats)
 
+
+# ------------------------------------------------------------------------------------------
+# Table 1: similarities of the projector outputs on two augmentations of training images
+# ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def positive_pair_stats(model, images, *, augment_kwargs, generator=None, batch_size=512,
-                        device="cpu"):
-    """Table 1 protocol: two augmentations of each image (5,000 training images in the paper),
-    projector outputs z, and exact similarity_stats over all positive and negative pairs."""
+def table1_embeddings(model, images, *, augment_kwargs, generator=None, batch_size=512,
+                      device="cpu"):
+    """Projector outputs of two independent augmentations of each image: u, v (N, d) float32 on
+    `device`, row i the positive pair of image i. Eval mode, restored afterwards."""
     was_training = model.training
     model.eval()
     u, v = [], []
     for start in range(0, len(images), batch_size):
         x, y = data.two_views(images[start:start + batch_size].to(device), generator=generator,
-                              **augment_kwargs)
+                              **augment_kwargs)  # (B, 3, S, S) each
         u.append(model(x)[1].float())  # (B, d)
         v.append(model(y)[1].float())  # (B, d)
     model.train(was_training)
-    return similarity_stats(torch.cat(u), torch.cat(v))
+    return torch.cat(u), torch.cat(v)
+
+
+def positive_pair_stats(model, images, *, augment_kwargs, generator=None, batch_size=512,
+                        device="cpu"):
+    """Table 1 protocol: two augmentations of each image (5,000 training images in the paper),
+    projector outputs z, and the exact similarity_stats over all their pairs, as Python numbers
+    for JSON."""
+    u, v = table1_embeddings(model, images, augment_kwargs=augment_kwargs, generator=generator,
+                             batch_size=batch_size, device=device)  # (N, d) each
+    return {key: s.item() if torch.is_tensor(s) else s
+            for key, s in similarity_stats(u, v).items()}
+
+
+def table1_images(dataset, *, data_dir, count=5000, train_size=0, seed=0, size=None):
+    """The first `count` training images, uint8 (N, 3, H, W): Table 1 draws its positive pairs
+    by augmenting 5,000 training images. ImageFolder images are resized to `size` on reading."""
+    if dataset == "imagefolder":
+        folder = data.datasets.ImageFolder(os.path.join(data_dir, "train"))
+        N = min(count, train_size or len(folder), len(folder))
+        return data.imagefolder_images(folder, range(N), size)[0]
+    images = data.load_dataset(dataset, data_dir=data_dir, train=True, seed=seed)[0]
+    return images[:min(count, train_size or len(images))]
+
+
+# ------------------------------------------------------------------------------------------
+# A run of train.py: its checkpoint, its features, everything the paper measures on it
+# ------------------------------------------------------------------------------------------
+
+def read_checkpoint(path):
+    """The checkpoint of a train.py run, from its directory or its ckpt.pt, loaded onto the CPU.
+    Raises ValueError with one line saying what is wrong: no such file, unreadable
+    (truncated, not a torch file), or not written by train.py."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such checkpoint; give a train.py run directory or its "
+                         "ckpt.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt or not a torch file at all
+        first_line = str(e).splitlines()[0][:120] if str(e) else ""
+        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {first_line}); it may be "
+                         "truncated, use an intact copy") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{path}: not a checkpoint of train.py (no '{CKPT_FORMAT}' marker)")
+    return ckpt
 
 
 @torch.no_grad()
 def loader_features(encoder, loader, *, device="cpu"):
     """extract_features for data too large for memory (ImageFolder trees): a DataLoader of
-    (normalised images (B, 3, S, S), labels (B,)) -> features (N, D_h), labels (N,) on CPU."""
+    (normalised images (B, 3, S, S), labels (B,)) -> features (N, D_h), labels (N,) on device."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
     for x, y in loader:
-        feats.append(encoder(x.to(device, non_blocking=True)).float().cpu())  # (B, D_h)
-        labels.append(y)
+        feats.append(encoder(x.to(device, non_blocking=True)).float())  # (B, D_h)
+        labels.append(y.to(device))
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
 
@@ -180,7 +242,7 @@ def loader_features(encoder, loader, *, device="cpu"):
 def split_features(encoder, dataset, *, data_dir, train_size=0, augment_kwargs, seed=0,
                    device="cpu", workers=8):
     """Encoder features and labels of the train and test splits of a dataset, in eval mode
-    without augmentation: (train_f, train_y, test_f, test_y, num_classes)."""
+    without augmentation: (train_f, train_y, test_f, test_y, num_classes), features on device."""
     mean, std = augment_kwargs["mean"], augment_kwargs["std"]
     if dataset == "imagefolder":  # streamed: root/train and root/val
         tf = data.imagefolder_eval_transform(augment_kwargs["size"], mean, std)
@@ -202,36 +264,16 @@ def split_features(encoder, dataset, *, data_dir, train_size=0, augment_kwargs, 
             classes)
 
 
-def table1_images(dataset, *, data_dir, size, count=5000, train_size=0, seed=0):
-    """The first `count` training images, uint8 (k, 3, S, S): Table 1 draws its positive pairs
-    by augmenting 5,000 training images."""
-    if dataset == "imagefolder":
-        folder = data.datasets.ImageFolder(os.path.join(data_dir, "train"))
-        k = min(count, train_size or len(folder), len(folder))
-        return data.imagefolder_images(folder, range(k), size)[0]
-    images = data.load_dataset(dataset, data_dir=data_dir, train=True, seed=seed)[0]
-    return images[:min(count, train_size or len(images))]
-
-
 def evaluate_run(model, run, *, data_dir, probe_epochs=200, seed=0, device="cpu", workers=8):
     """evaluate() for a model trained by train.py with arguments `run` (a dict)."""
-    aug = augment_kwargs_for(run)
+    aug = data.augment_kwargs(run["dataset"], run.get("image_size", 0))
     *feats, classes = split_features(model.encoder, run["dataset"], data_dir=data_dir,
                                      train_size=run["train_size"], augment_kwargs=aug,
-                                     seed=run["seed"], device=device, workers=workers)
+                                     seed=run["data_seed"], device=device, workers=workers)
     pairs = table1_images(run["dataset"], data_dir=data_dir, size=aug["size"],
-                          train_size=run["train_size"], seed=run["seed"])
+                          train_size=run["train_size"], seed=run["data_seed"])
     return evaluate(model, *feats, pairs, num_classes=classes, augment_kwargs=aug,
                     probe_epochs=probe_epochs, seed=seed, device=device)
-
-
-def augment_kwargs_for(run):
-    """The augmentation of a train.py run: its dataset's preset and statistics, its crop size."""
-    aug = dict(data.AUGMENT_PRESETS[data.PRESET_OF[run["dataset"]]],
-               **data.DATASET_STATS[run["dataset"]])
-    if run.get("image_size"):
-        aug["size"] = run["image_size"]
-    return aug
 
 
 def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, num_classes,
@@ -250,63 +292,57 @@ def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, 
     }
 
 
-def pick_device(name):
-    """'auto' -> cuda, then mps, then cpu; otherwise the named device, which must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError("not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("no CUDA GPU is visible; use --device cpu (or auto)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("MPS is not available; use --device cpu (or auto)")
-    return device
+def model_of(ckpt, *, random_init=False):
+    """The ContrastiveModel of a checkpoint, on the CPU: its trained weights, or with random_init
+    the untrained weights train.py evaluates as its baseline (seeded with the run's seed + 1)."""
+    run = ckpt["args"]
+    torch.manual_seed(run["seed"] + 1)  # what train.py seeds before building its baseline
+    model = models.ContrastiveModel(run["arch"], width=run["width"], stem=run["stem"])
+    if not random_init:
+        model.load_state_dict(ckpt["model"])
+    return model
 
+
+# ------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py: linear probe, "
                                 "kNN and Table 1 similarity statistics.")
-    p.add_argument("--ckpt", required=True, help="OUT_DIR/ckpt.pt written by train.py (or OUT_DIR)")
+    p.add_argument("--ckpt", required=True, help="run directory of train.py or its ckpt.pt")
     p.add_argument("--random-init", action="store_true", help="same architecture, untrained "
                    "weights: the baseline that shows what pre-training bought")
     p.add_argument("--probe-epochs", type=int, default=200, help="linear-probe epochs on frozen "
                    "features (the paper: 200; features are precomputed, so each is cheap)")
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed of the probe and of the Table 1 "
+                   "augmentations (default: the run's --seed, as train.py's final evaluation)")
     args = p.parse_args(argv)
     if args.probe_epochs < 1:
         fail(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
-    path = os.path.join(args.ckpt, "ckpt.pt") if os.path.isdir(args.ckpt) else args.ckpt
-    if not os.path.isfile(path):
-        fail(f"--ckpt {args.ckpt}: no such checkpoint; give OUT_DIR/ckpt.pt of a train.py run")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        run = ckpt["args"]
-        model = models.ContrastiveModel(run["arch"], width=run["width"], stem=run["stem"])
-    except Exception as e:  # truncated, foreign or not a torch file
-        fail(f"--ckpt {path}: not a readable train.py checkpoint ({type(e).__name__}: "
-             f"{str(e).splitlines()[0][:120] if str(e) else ''})")
-    if not args.random_init:
-        model.load_state_dict(ckpt["model"])
-    try:
-        device = pick_device(args.device)
+        device = models.pick_device(args.device)
     except ValueError as err:
         fail(f"--device {args.device}: {err}")
+    try:
+        ckpt = read_checkpoint(args.ckpt)
+    except ValueError as err:
+        fail(f"--ckpt {err}")
+    run = ckpt["args"]
     data_dir = args.data_dir or run["data_dir"]
     start = time.time()
     try:
-        result = evaluate_run(model.to(device), run, data_dir=data_dir,
-                              probe_epochs=args.probe_epochs, seed=args.seed, device=device)
+        result = evaluate_run(model_of(ckpt, random_init=args.random_init).to(device), run,
+                              data_dir=data_dir, probe_epochs=args.probe_epochs,
+                              seed=run["seed"] if args.seed is None else args.seed, device=device)
     except (FileNotFoundError, ValueError) as e:
         fail(f"{run['dataset']} in {data_dir}: {e}")
-    result.update(ckpt=path, random_init=args.random_init, eval_wall_s=round(time.time() - start))
-    out = os.path.join(os.path.dirname(path),
-                       "eval_random_init.json" if args.random_init else "eval.json")
+    result.update(ckpt=args.ckpt, random_init=args.random_init,
+                  eval_wall_s=round(time.time() - start))
+    run_dir = args.ckpt if os.path.isdir(args.ckpt) else os.path.dirname(args.ckpt)
+    out = os.path.join(run_dir, "eval_random_init.json" if args.random_init else "eval.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))

@@ -1,0 +1,233 @@
+"""eval.py on data built so that a wrong evaluation gives a different answer: the probe on
+directions only, the kNN vote over k neighbours, features in eval mode, the Table 1 statistics
+on two independent views, the random-init baseline without the trained weights; the checkpoint
+reader. Tiny models, a few seconds on one core."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import paste_alone
+
+import data
+import eval as evaluation
+import models
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def tiny_model(seed):
+    torch.manual_seed(seed)
+    return models.ContrastiveModel("resnet18", width=4, stem="cifar_s2", proj_hidden=32,
+                                   proj_dim=16)
+
+
+def warmed_up(model):
+    """BatchNorm running statistics of inputs unlike any test batch (3 train-mode passes over
+    noise of scale 3): eval mode and train mode then give different outputs."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(3 * torch.randn(8, 3, 16, 16))
+    return model
+
+
+def directions(count, seed):
+    """Four classes told apart by the direction of a 2-D feature alone (45 + 90 c degrees, +-30
+    degrees of noise); row norms 2^-8 ... 2^8 carry no information but dwarf the directions."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 4  # (N,)
+    angle = torch.pi / 4 + labels * torch.pi / 2 + (torch.rand(count, generator=g) - 0.5)
+    unit = torch.stack([angle.cos(), angle.sin()], 1)  # (N, 2)
+    scale = 2.0 ** torch.randint(-8, 9, (count, 1), generator=g)  # (N, 1) exact powers of two
+    return unit, unit * scale, labels
+
+
+# ---- linear probe and kNN -------------------------------------------------------------------
+
+def test_linear_probe_sees_directions_not_norms():
+    train_unit, train_scaled, train_y = directions(200, seed=0)
+    test_unit, test_scaled, test_y = directions(100, seed=1)
+    kw = dict(num_classes=4, epochs=10, batch_size=16)
+    acc = evaluation.linear_probe(train_scaled, train_y, test_scaled, test_y, **kw)
+    assert acc == 100.0
+    # powers of two normalise exactly: the probe must not see the scale at all
+    assert evaluation.linear_probe(train_unit, train_y, test_unit, test_y, **kw) == acc
+    assert paste_alone(evaluation.linear_probe)(train_scaled, train_y, test_scaled, test_y,
+                                                **kw) == acc
+
+
+def test_linear_probe_is_seeded_and_leaves_the_global_rng_alone():
+    unit, _, labels = directions(64, seed=0)
+    noisy = unit + 0.5 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    before = torch.get_rng_state()
+    acc = evaluation.linear_probe(noisy, labels, unit, labels, num_classes=4, epochs=2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert evaluation.linear_probe(noisy, labels, unit, labels, num_classes=4, epochs=2) == acc
+
+
+def knn_bank():
+    """A query at e1 whose single nearest neighbour (s = 1) is class 1 and whose next 19
+    (s = 0.95) are class 0; 30 more class-2 points are orthogonal to it."""
+    near = F.normalize(torch.tensor([[0.95, math.sqrt(1 - 0.95 ** 2), 0.0]]), dim=1)
+    bank = torch.cat([torch.tensor([[1.0, 0.0, 0.0]]), near.repeat(19, 1),
+                      torch.tensor([[0.0, 0.0, 1.0]]).repeat(30, 1)])  # (50, 3)
+    labels = torch.cat([torch.tensor([1]), torch.zeros(19, dtype=torch.long),
+                        torch.full((30,), 2)])  # (50,)
+    return bank, labels, torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0])
+
+
+def test_knn_votes_over_k_neighbours():
+    bank, labels, query, query_label = knn_bank()
+    knn = evaluation.knn_accuracy
+    assert knn(bank, labels, query, query_label, num_classes=3, k=20) == 100.0
+    assert knn(bank, labels, query, query_label, num_classes=3, k=1) == 0.0
+    assert paste_alone(knn)(bank, labels, query, query_label, num_classes=3, k=20) == 100.0
+
+
+def test_knn_weights_votes_by_similarity():
+    bank, labels, query, query_label = knn_bank()
+    # k = 3: one class-1 vote at s = 1 against two class-0 votes at s = 0.95. At temperature
+    # 0.01 the closer one weighs e^5 times more; at 10 the two outvote it.
+    args = (bank, labels, query, query_label)
+    assert evaluation.knn_accuracy(*args, num_classes=3, k=3, temperature=0.01) == 0.0
+    assert evaluation.knn_accuracy(*args, num_classes=3, k=3, temperature=10.0) == 100.0
+
+
+def test_knn_chunks_give_the_same_answer():
+    train_unit, train_scaled, train_y = directions(120, seed=0)
+    test_unit, _, test_y = directions(50, seed=1)
+    noisy = test_unit + 0.8 * torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    whole = evaluation.knn_accuracy(train_scaled, train_y, noisy, test_y, num_classes=4, k=5)
+    assert 50.0 < whole < 100.0  # noisy enough to matter
+    assert evaluation.knn_accuracy(train_unit, train_y, noisy, test_y, num_classes=4, k=5,
+                                   chunk=7) == whole
+
+
+# ---- features ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("was_training", [True, False])
+def test_extract_features_uses_running_statistics_and_changes_nothing(was_training):
+    encoder = warmed_up(tiny_model(0)).encoder.train(was_training)
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    feats = evaluation.extract_features(encoder, images, mean=MEAN, std=STD, batch_size=4)
+    assert encoder.training == was_training
+    assert all(m.training == was_training for m in encoder.modules())
+    assert all(torch.equal(v, before[k]) for k, v in encoder.state_dict().items())
+    x = data.normalize(images, mean=MEAN, std=STD)
+    with torch.no_grad():
+        want = encoder.eval()(x)  # (6, D_h) with the running statistics
+        batch_stats = encoder.train()(x)
+    assert feats.shape == (6, encoder.feature_dim)
+    assert torch.allclose(feats, want, atol=1e-5)
+    assert not torch.allclose(feats, batch_stats, atol=1e-2)
+
+
+# ---- Table 1 ---------------------------------------------------------------------------------
+
+def test_table1_statistics_are_two_independent_views_through_the_eval_mode_model():
+    model = warmed_up(tiny_model(0)).train()
+    images = data.make_shapes(12, seed=0, image_size=16)[0]  # (12, 3, 16, 16)
+    aug = data.augment_kwargs("shapes", 16)
+    got = evaluation.positive_pair_stats(model, images, augment_kwargs=aug, batch_size=64,
+                                         generator=torch.Generator().manual_seed(3))
+    assert model.training  # restored
+    x, y = data.two_views(images, generator=torch.Generator().manual_seed(3), **aug)
+    with torch.no_grad():
+        _, u = model.eval()(x)  # (12, d)
+        _, v = model(y)  # (12, d)
+    want = evaluation.similarity_stats(u, v)
+    assert got["count"] == 12
+    for key in ("pos_mean", "pos_var", "neg_mean", "neg_var", "within_mean", "within_var"):
+        assert got[key] == pytest.approx(want[key].item(), rel=1e-6, abs=1e-9), key
+    assert got["pos_mean"] < 0.99  # one view against itself would give exactly 1
+    json.dumps(got)  # plain numbers, for summary.json and metrics.jsonl
+
+
+# ---- a run directory: checkpoint, --random-init ---------------------------------------------
+
+RUN = dict(arch="resnet18", width=4, stem="cifar_s2", seed=0, data_seed=0, dataset="shapes",
+           image_size=16, train_size=48, batch_size=16, loss="simclr", vrns_weight=0.0)
+
+
+def make_run(path, **changes):
+    """A run directory as train.py leaves it (ckpt.pt), without training: the
+    'trained' weights are a seed-123 init with warmed-up BatchNorm statistics."""
+    run = dict(RUN, data_dir=str(path), **changes)
+    path.mkdir()
+    torch.manual_seed(123)
+    model = warmed_up(models.ContrastiveModel(run["arch"], width=run["width"], stem=run["stem"]))
+    torch.save({"format": evaluation.CKPT_FORMAT, "args": run, "step": 9, "epochs_logged": 3,
+                "finished": True, "model": model.state_dict()}, path / "ckpt.pt")
+    return path
+
+
+def test_read_checkpoint(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    assert evaluation.read_checkpoint(str(run_dir))["args"]["width"] == 4
+    assert evaluation.read_checkpoint(str(run_dir / "ckpt.pt"))["args"]["width"] == 4
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        evaluation.read_checkpoint(str(tmp_path / "elsewhere"))
+    whole = (run_dir / "ckpt.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match="cannot be read.*truncated"):
+        evaluation.read_checkpoint(str(tmp_path / "cut.pt"))
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a checkpoint of train.py"):
+        evaluation.read_checkpoint(str(tmp_path / "foreign.pt"))
+
+
+def test_random_init_is_evaluated_without_the_trained_weights(tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path / "run", seed=7)
+    trained = torch.load(run_dir / "ckpt.pt", weights_only=True)["model"]
+    seen = []
+
+    def fake_evaluate_run(model, run, *, seed, **kwargs):  # what eval.py would evaluate
+        assert seed == 7  # the run's seed by default, as in train.py's final evaluation
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"linear_acc": 0.0, "knn_acc": 0.0, "table1_stats": {}}
+
+    monkeypatch.setattr(evaluation, "evaluate_run", fake_evaluate_run)
+    evaluation.main(["--ckpt", str(run_dir), "--random-init", "--device", "cpu"])
+    evaluation.main(["--ckpt", str(run_dir / "ckpt.pt"), "--device", "cpu"])
+    random_init, loaded = seen
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+    weights = [k for k, v in trained.items() if v.dim() > 1]  # convolutions and linear layers
+    assert not any(torch.equal(random_init[k], trained[k]) for k in weights)
+    assert not torch.equal(random_init["encoder.bn1.running_mean"],
+                           trained["encoder.bn1.running_mean"])
+    torch.manual_seed(7 + 1)  # train.py's baseline: the same untrained weights
+    baseline = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2").state_dict()
+    assert all(torch.equal(random_init[k], v) for k, v in baseline.items())
+    assert (run_dir / "eval_random_init.json").exists() and (run_dir / "eval.json").exists()
+
+
+def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--ckpt", str(tmp_path), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no such checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- the GPU path: same answers there -------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_evaluation_on_the_gpu_matches_the_cpu():
+    _, train_scaled, train_y = directions(200, seed=0)
+    _, test_scaled, test_y = directions(100, seed=1)
+    kw = dict(num_classes=4, epochs=10, batch_size=16)
+    cpu = evaluation.linear_probe(train_scaled, train_y, test_scaled, test_y, **kw)
+    assert evaluation.linear_probe(train_scaled.cuda(), train_y, test_scaled, test_y, **kw) == cpu
+    bank, labels, query, query_label = knn_bank()
+    assert evaluation.knn_accuracy(bank.cuda(), labels, query, query_label, num_classes=3,
+                                   k=20) == 100.0
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    on_gpu = evaluation.similarity_stats(u.cuda(), v.cuda())
+    assert on_gpu["neg_var"].device.type == "cuda"
+    for key, value in evaluation.similarity_stats(u, v).items():
+        assert float(on_gpu[key]) == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
