@@ -382,7 +382,7 @@ def bench_augment(args, device, table):
     """Images/s (each image gives two views) of data.two_views on `device`; on CPU also of
     torchvision's PIL pipeline, one image at a time on one thread, as a DataLoader worker runs
     it."""
-    kw = augment_kwargs("cifar10")
+    kw = data.augment_kwargs("cifar10")
     images = data.make_shapes(args.aug_batch, seed=0)[0]  # (B, 3, 32, 32) uint8, CIFAR-sized
     on_device = images.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -410,11 +410,6 @@ def bench_augment(args, device, table):
 # 4 and 5. Training step and memory
 # ------------------------------------------------------------------------------------------
 
-def augment_kwargs(dataset):
-    """The augmentation train.py applies to `dataset` at its preset's size."""
-    return dict(data.AUGMENT_PRESETS[data.PRESET_OF[dataset]], **data.DATASET_STATS[dataset])
-
-
 def describe(config):
     return f"resnet18 w{config['width']} {config['stem']}"
 
@@ -434,7 +429,7 @@ def make_step(config, m, *, bf16, device, compile_model=False):
                                   weight_decay=1e-4)
     loss_fn = train.make_loss("simclr", temperature=TAU, siglip_t=10.0, siglip_b=10.0,
                               within_view=False)
-    kw = augment_kwargs(config["dataset"])
+    kw = data.augment_kwargs(config["dataset"])  # as train.py
     images = data.make_shapes(m, seed=0)[0].to(device)  # (m, 3, 32, 32) uint8
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -614,8 +609,8 @@ def bench_busy_cpu(args, device, table):
                f"{args.busy_windows}, max_steps=10, max_seconds={args.busy_seconds}))")
     print(f"\n== 6. a busy CPU: {describe(config)} m={m}, {'bf16' if bf16 else 'fp32'}, two "
           f"views + contrastive_step, images/s (best of {args.busy_windows} windows of up to 10 "
-          f"steps or {args.busy_seconds} s), {cores} core(s) quiet, then beside one process "
-          "running `while True: pass`")
+          f"steps or {args.busy_seconds} s), quiet, then beside one process running `while True: "
+          f"pass`; every core = torch's default, {cores} thread(s)")
     chosen, rate, rate_passive = {}, {}, {}
     for condition in ("quiet", "busy"):
         loop = None
@@ -670,7 +665,7 @@ def machine(device):
                         if line.startswith("model name")), cpu)
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads, CPU capability "
+            f"{torch.get_num_threads()} thread(s), CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}; Python {platform.python_version()}")
 
 
@@ -718,7 +713,7 @@ def main(argv=None):
                    "default model (default 5); GPU, per round of 3 (default 20)")
     p.add_argument("--big-steps", type=int, default=1, help="CPU: timed steps of the paper's "
                    "ResNet-18 at batch 128, seconds each on 2 cores")
-    p.add_argument("--busy-seconds", type=float, default=2.0, help="section 6: longest timing "
+    p.add_argument("--busy-seconds", type=float, default=1.5, help="section 6: longest timing "
                    "window; more steadies the busy figures and costs 3x as many seconds per "
                    "condition and thread count")
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the model "
