@@ -1,13 +1,17 @@
-"""Evaluation: exact similarity statistics (Def. 4.1), linear probe, kNN, Table 1 protocol.
+"""Evaluation: exact similarity statistics (Def. 4.1), linear probe, kNN, Table 1 protocol, and
+the figures of a run.
 
     python eval.py --ckpt runs/RUN                 # trained encoder (train.py runs this too)
     python eval.py --ckpt runs/RUN --random-init   # same architecture, untrained: the baseline
+    python eval.py --ckpt runs/A --ckpt runs/B --plot   # figures of one run, or two overlaid
 
-Writes RUN/eval.json (or eval_random_init.json). Everything runs on --device (auto: the GPU
-when there is one); nothing needs one.
+Evaluating writes RUN/eval.json (or eval_random_init.json); --plot writes
+RUN/figures/similarities.png (histograms of the Table 1 similarities) and curves.png (the
+per-epoch curves of RUN/metrics.jsonl). Everything runs on --device (auto: the GPU when there
+is one); nothing needs one.
 
-The copyable functions (similarity_stats, linear_probe, knn_accuracy) are pure and paste alone;
-similarity_stats works on any (N, d) embeddings, e.g. N = 50,000.
+The copyable functions (similarity_stats, similarity_histograms, linear_probe, knn_accuracy) are
+pure and paste alone; similarity_stats works on any (N, d) embeddings, e.g. N = 50,000.
 
 Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch (the
 run's batch size), d embedding dimension (projector output). N images in the set at hand (a
@@ -74,6 +78,30 @@ def similarity_stats(u, v):
             "neg_mean": neg_mean, "neg_var": neg_sq / pairs - neg_mean ** 2,
             "within_mean": within_mean, "within_var": within_sq / (2 * pairs) - within_mean ** 2,
             "count": N}
+
+
+@torch.no_grad()
+def similarity_histograms(u, v, *, bins=100, max_chunk=2 ** 24):
+    """Bin counts over [-1, 1] of the N positive similarities s_ii and of the N(N-1) cross-view
+    negatives s_ij, i != j (Def. 4.1): two int64 tensors (bins,) on the inputs' device.
+
+    The negatives are never all in memory (25M at Table 1's N = 5,000): rows of S = U V^T are
+    made and binned a chunk at a time, at most max_chunk similarities each (64 MB in float32).
+    torch.histc counts in the inputs' dtype, exact in float32 up to 2^24, hence the default.
+    It ignores values outside [min, max]: the diagonal is set to 2 to leave it out, after
+    clamping the rest, which rounding can push just past +-1.
+    """
+    if u.dim() != 2 or u.shape != v.shape:
+        raise ValueError(f"need u, v of one shape (N, d); got {u.shape} and {v.shape}")
+    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (N, d) each
+    pos = torch.histc((u * v).sum(1).clamp(-1, 1), bins, -1, 1).long()  # (bins,)
+    neg = torch.zeros(bins, dtype=torch.long, device=u.device)  # (bins,)
+    rows = max(1, max_chunk // len(v))
+    for start in range(0, len(u), rows):
+        s = (u[start:start + rows] @ v.T).clamp_(-1, 1)  # (rows, N)
+        s.diagonal(offset=start).fill_(2.0)  # s_ii: the positives
+        neg += torch.histc(s, bins, -1, 1).long()
+    return pos, neg
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,6 +253,11 @@ def read_checkpoint(path):
     return ckpt
 
 
+def run_dir_of(path):
+    """The run directory of a --ckpt: the directory given, or the one that holds the ckpt.pt."""
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
 @torch.no_grad()
 def loader_features(encoder, loader, *, device="cpu"):
     """extract_features for data too large for memory (ImageFolder trees): a DataLoader of
@@ -304,30 +337,181 @@ def model_of(ckpt, *, random_init=False):
 
 
 # ------------------------------------------------------------------------------------------
+# Figures of a run: the Table 1 similarity histograms and the per-epoch curves
+# ------------------------------------------------------------------------------------------
+
+def metric_curves(records):
+    """The series that curves.png draws, from the records of metrics.jsonl (one an epoch):
+    per-epoch means over the steps' batches (batch_*), exact statistics of the tracked training
+    images (tracked_*), and the theory's values at the run's n and m."""
+    curves = {"epoch": [r["epoch"] for r in records]}
+    for key in ("loss", "vrns", "pos_mean", "neg_mean", "neg_var"):
+        curves[f"batch_{key}"] = [r["batch"][key] for r in records]
+    for key in ("pos_mean", "neg_mean", "neg_var"):
+        curves[f"tracked_{key}"] = [r["tracked"][key] for r in records]
+    curves["theory"] = records[-1]["theory"]  # neg_optimum, within_batch_neg, var_low, var_high
+    return curves
+
+
+def run_figure_data(path, *, data_dir=None, bins=100, seed=None, device="cpu"):
+    """What the figures show of one run: its label, the Table 1 statistics and histograms of its
+    trained model (the augmentations drawn from `seed`, default the run's, as evaluate() draws
+    them in train.py's final evaluation) and its curves."""
+    ckpt = read_checkpoint(path)
+    run = ckpt["args"]
+    seed = run["seed"] if seed is None else seed
+    metrics = os.path.join(run_dir_of(path), "metrics.jsonl")
+    records = []
+    if os.path.isfile(metrics):
+        with open(metrics) as f:
+            records = [json.loads(line) for line in f]
+    if not records or any(key not in records[-1] for key in ("batch", "tracked", "theory")):
+        raise ValueError(f"{metrics}: no epoch record of this train.py (the curves need one)")
+    aug = data.augment_kwargs(run["dataset"], run.get("image_size", 0))
+    images = table1_images(run["dataset"], data_dir=data_dir or run["data_dir"], size=aug["size"],
+                           train_size=run["train_size"], seed=run["data_seed"])
+    u, v = table1_embeddings(model_of(ckpt).to(device), images, augment_kwargs=aug, device=device,
+                             generator=torch.Generator(device=device).manual_seed(seed))
+    pos, neg = similarity_histograms(u, v, bins=bins)
+    label = (f"{os.path.basename(os.path.abspath(run_dir_of(path)))}: {run['loss']}, "
+             f"m = {run['batch_size']}, lam = {run['vrns_weight']:g}")
+    return {"label": label, "pos_counts": pos.tolist(), "neg_counts": neg.tolist(),
+            "stats": {key: s.item() if torch.is_tensor(s) else s
+                      for key, s in similarity_stats(u, v).items()},
+            "curves": metric_curves(records)}
+
+
+def write_figures(runs, plot_dir):
+    """similarities.png and curves.png of the figure data of one or more runs, into plot_dir;
+    returns their paths."""
+    os.makedirs(plot_dir, exist_ok=True)
+    paths = [os.path.join(plot_dir, name) for name in ("similarities.png", "curves.png")]
+    plot_histograms(runs, paths[0])
+    plot_curves(runs, paths[1])
+    return paths
+
+
+def plot_histograms(runs, path):
+    """similarities.png: the density of the positive and the negative similarities of each run
+    (figure data of run_figure_data), their means, -1/(n-1) and -1/(m-1)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for i, run in enumerate(runs):
+        colour, theory, stats = f"C{i}", run["curves"]["theory"], run["stats"]
+        for ax, kind in zip(axes, ("pos", "neg")):
+            counts = torch.tensor(run[f"{kind}_counts"], dtype=torch.float64)  # (bins,)
+            edges = torch.linspace(-1, 1, len(counts) + 1)  # (bins + 1,)
+            density = counts / counts.sum() / (edges[1] - edges[0])  # (bins,) integrates to 1
+            ax.stairs(density.numpy(), edges.numpy(), color=colour,
+                      label=f"{run['label']}\nmean {stats[kind + '_mean']:.3f}, "
+                            f"var {stats[kind + '_var']:.4f}")
+            ax.axvline(stats[f"{kind}_mean"], color=colour, lw=1)
+        first = i == 0  # one legend entry per kind of line
+        axes[1].axvline(theory["neg_optimum"], color="k", ls=":",
+                        label="-1/(n-1), full-batch optimum" if first else None)
+        axes[1].axvline(theory["within_batch_neg"], color="k", ls="-.",
+                        label="-1/(m-1), in-batch optimum" if first else None)
+    count = runs[0]["stats"]["count"]
+    axes[0].set_title(f"positive pairs s_ii ({count:,} images, two augmentations)")
+    axes[1].set_title(f"negative pairs s_ij, i != j ({count * (count - 1):,})")
+    for ax in axes:
+        ax.set_xlabel("cosine similarity of projector outputs")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(runs, path):
+    """curves.png: per epoch, the loss, L_VRNS, E[s_pos], E[s_neg] and Var[s_neg] of each run
+    (solid: the tracked training images, exact; dashed: mean over the epoch's batches), with
+    -1/(n-1), -1/(m-1) and the eq. (11) range of Var[s_neg]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6), constrained_layout=True)
+    titles = ("loss (batch mean)", "L_VRNS (batch mean)", "E[s_pos]", "E[s_neg]", "Var[s_neg]")
+    for i, run in enumerate(runs):
+        c, colour, theory = run["curves"], f"C{i}", run["curves"]["theory"]
+        first = i == 0  # one legend entry per kind of line
+        axes[0].plot(c["epoch"], c["batch_loss"], color=colour, label=run["label"])
+        axes[1].plot(c["epoch"], c["batch_vrns"], color=colour)
+        for ax, key in zip(axes[2:], ("pos_mean", "neg_mean", "neg_var")):
+            ax.plot(c["epoch"], c[f"tracked_{key}"], color=colour,
+                    label="tracked images, exact" if first else None)
+            ax.plot(c["epoch"], c[f"batch_{key}"], color=colour, ls="--",
+                    label="in-batch, epoch mean" if first else None)
+        axes[3].axhline(theory["neg_optimum"], color="k", ls=":",
+                        label="-1/(n-1), full-batch optimum" if first else None)
+        axes[3].axhline(theory["within_batch_neg"], color="k", ls="-.",
+                        label="-1/(m-1), in-batch optimum" if first else None)
+        axes[4].axhspan(theory["var_low"], theory["var_high"], color="k", alpha=0.1,
+                        label="eq. (11) range" if first else None)
+    axes[4].set_yscale("log")  # the eq. (11) range lies decades below a real run's variance
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    for ax in (axes[0], *axes[2:]):
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py: linear probe, "
-                                "kNN and Table 1 similarity statistics.")
-    p.add_argument("--ckpt", required=True, help="run directory of train.py or its ckpt.pt")
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py (linear probe, "
+                                "kNN, Table 1 similarity statistics), or plot its figures.")
+    p.add_argument("--ckpt", action="append", required=True,
+                   help="run directory of train.py or its ckpt.pt; with --plot, repeat it to "
+                   "overlay runs (e.g. lam = 0 and lam > 0)")
     p.add_argument("--random-init", action="store_true", help="same architecture, untrained "
                    "weights: the baseline that shows what pre-training bought")
     p.add_argument("--probe-epochs", type=int, default=200, help="linear-probe epochs on frozen "
                    "features (the paper: 200; features are precomputed, so each is cheap)")
+    p.add_argument("--plot", action="store_true", help="instead of evaluating, draw the figures: "
+                   "histograms of the Table 1 similarities (recomputed on up to 5,000 training "
+                   "images) and the curves of metrics.jsonl; no linear probe")
+    p.add_argument("--plot-dir", default=None, help="where --plot writes (default: "
+                   "FIRST_RUN/figures)")
+    p.add_argument("--bins", type=int, default=100, help="histogram bins over [-1, 1]")
     p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
     p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
     p.add_argument("--seed", type=int, default=None, help="seed of the probe and of the Table 1 "
                    "augmentations (default: the run's --seed, as train.py's final evaluation)")
     args = p.parse_args(argv)
-    if args.probe_epochs < 1:
-        fail(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
+    if args.probe_epochs < 1 or args.bins < 1:
+        fail(f"--probe-epochs and --bins must be >= 1, got {args.probe_epochs}, {args.bins}")
+    if len(args.ckpt) > 1 and not args.plot:
+        fail("several --ckpt only with --plot; evaluate one run at a time")
+    if args.plot and args.random_init:
+        fail("--plot draws trained runs; leave out --random-init")
     try:
         device = models.pick_device(args.device)
     except ValueError as err:
         fail(f"--device {args.device}: {err}")
+    if args.plot:
+        runs = []
+        for path in args.ckpt:
+            try:
+                runs.append(run_figure_data(path, data_dir=args.data_dir, bins=args.bins,
+                                            seed=args.seed, device=device))
+            except ValueError as e:  # the checkpoint or metrics.jsonl
+                fail(f"--ckpt {e}")
+            except FileNotFoundError as e:  # the dataset
+                fail(f"--ckpt {path}: {e}")
+        for run in runs:
+            print(f"{run['label']}: {json.dumps(run['stats'])}")
+        paths = write_figures(runs, args.plot_dir or os.path.join(run_dir_of(args.ckpt[0]),
+                                                                  "figures"))
+        print(f"written: {', '.join(paths)}")
+        return
     try:
-        ckpt = read_checkpoint(args.ckpt)
+        ckpt = read_checkpoint(args.ckpt[0])
     except ValueError as err:
         fail(f"--ckpt {err}")
     run = ckpt["args"]
@@ -339,10 +523,10 @@ def main(argv=None):
                               seed=run["seed"] if args.seed is None else args.seed, device=device)
     except (FileNotFoundError, ValueError) as e:
         fail(f"{run['dataset']} in {data_dir}: {e}")
-    result.update(ckpt=args.ckpt, random_init=args.random_init,
+    result.update(ckpt=args.ckpt[0], random_init=args.random_init,
                   eval_wall_s=round(time.time() - start))
-    run_dir = args.ckpt if os.path.isdir(args.ckpt) else os.path.dirname(args.ckpt)
-    out = os.path.join(run_dir, "eval_random_init.json" if args.random_init else "eval.json")
+    out = os.path.join(run_dir_of(args.ckpt[0]),
+                       "eval_random_init.json" if args.random_init else "eval.json")
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))

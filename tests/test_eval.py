@@ -1,7 +1,7 @@
 """eval.py on data built so that a wrong evaluation gives a different answer: the probe on
 directions only, the kNN vote over k neighbours, features in eval mode, the Table 1 statistics
 on two independent views, the random-init baseline without the trained weights; the checkpoint
-reader. Tiny models, a few seconds on one core."""
+reader; the figures' data and the --plot command. Tiny models, about ten seconds on one core."""
 import json
 import math
 
@@ -147,21 +147,38 @@ def test_table1_statistics_are_two_independent_views_through_the_eval_mode_model
     json.dumps(got)  # plain numbers, for summary.json and metrics.jsonl
 
 
-# ---- a run directory: checkpoint, --random-init ---------------------------------------------
+# ---- a run directory: checkpoint, --random-init, --plot -------------------------------------
 
 RUN = dict(arch="resnet18", width=4, stem="cifar_s2", seed=0, data_seed=0, dataset="shapes",
            image_size=16, train_size=48, batch_size=16, loss="simclr", vrns_weight=0.0)
 
 
-def make_run(path, **changes):
-    """A run directory as train.py leaves it (ckpt.pt), without training: the
+def record(epoch, run):
+    """One line of metrics.jsonl as train.py writes it; made-up values that move with epoch."""
+    n, m = run["train_size"], run["batch_size"]
+    low = (n - m) / ((m - 1) * (n - 1) ** 2)
+    return {"epoch": epoch, "step": 3 * epoch, "lr": 0.1, "elapsed_s": 1.0 * epoch,
+            "batch": {"loss": 5.0 - epoch, "vrns": 0.1 / epoch, "pos_mean": 0.5 + 0.1 * epoch,
+                      "neg_mean": 0.3 / epoch, "neg_var": 0.2 / epoch},
+            "tracked": {"pos_mean": 0.4 + 0.1 * epoch, "pos_var": 0.01, "neg_mean": 0.2 / epoch,
+                        "neg_var": 0.1 / epoch, "within_mean": 0.0, "within_var": 0.1,
+                        "count": 32},
+            "theory": {"neg_optimum": -1 / (n - 1), "within_batch_neg": -1 / (m - 1),
+                       "var_low": low, "var_high": n * low}}
+
+
+def make_run(path, epochs=3, **changes):
+    """A run directory as train.py leaves it (ckpt.pt, metrics.jsonl), without training: the
     'trained' weights are a seed-123 init with warmed-up BatchNorm statistics."""
     run = dict(RUN, data_dir=str(path), **changes)
     path.mkdir()
     torch.manual_seed(123)
     model = warmed_up(models.ContrastiveModel(run["arch"], width=run["width"], stem=run["stem"]))
-    torch.save({"format": evaluation.CKPT_FORMAT, "args": run, "step": 9, "epochs_logged": 3,
-                "finished": True, "model": model.state_dict()}, path / "ckpt.pt")
+    torch.save({"format": evaluation.CKPT_FORMAT, "args": run, "step": 3 * epochs,
+                "epochs_logged": epochs, "finished": True, "model": model.state_dict()},
+               path / "ckpt.pt")
+    with open(path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(record(e, run)) + "\n" for e in range(1, epochs + 1))
     return path
 
 
@@ -205,12 +222,61 @@ def test_random_init_is_evaluated_without_the_trained_weights(tmp_path, monkeypa
     assert (run_dir / "eval_random_init.json").exists() and (run_dir / "eval.json").exists()
 
 
-def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize("argv,words", [
+    (["--ckpt", "{tmp}/elsewhere"], "no such checkpoint"),
+    (["--ckpt", "{run}", "--ckpt", "{run}"], "only with --plot"),
+    (["--ckpt", "{run}", "--plot", "--random-init"], "leave out --random-init"),
+    (["--ckpt", "{run}", "--probe-epochs", "0"], "--probe-epochs"),
+    (["--ckpt", "{run}/ckpt.pt", "--plot"], "metrics.jsonl: no epoch record"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
+    run_dir = make_run(tmp_path / "run")
+    (run_dir / "metrics.jsonl").write_text("")  # a run stopped before its first epoch ended
+    argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main(["--ckpt", str(tmp_path), "--device", "cpu"])
+        evaluation.main([*argv, "--device", "cpu"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "no such checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_metric_curves():
+    records = [record(e, RUN) for e in (1, 2, 3)]
+    curves = evaluation.metric_curves(records)
+    assert curves["epoch"] == [1, 2, 3]
+    assert curves["batch_loss"] == [4.0, 3.0, 2.0]
+    assert curves["batch_vrns"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    assert curves["tracked_neg_var"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    assert curves["batch_pos_mean"] == pytest.approx([0.6, 0.7, 0.8])
+    assert curves["theory"]["neg_optimum"] == -1 / 47
+
+
+def test_plot_writes_both_figures_from_the_table1_protocol(tmp_path, capsys):
+    base = make_run(tmp_path / "lam0")
+    vrns = make_run(tmp_path / "lam1", epochs=2, vrns_weight=1.0)
+    evaluation.main(["--ckpt", str(base), "--ckpt", str(vrns), "--plot", "--device", "cpu",
+                     "--plot-dir", str(tmp_path / "figs"), "--bins", "40"])
+    for name in ("similarities.png", "curves.png"):
+        assert (tmp_path / "figs" / name).stat().st_size > 10_000
+    assert "lam = 1" in capsys.readouterr().out
+    evaluation.main(["--ckpt", str(base), "--plot", "--device", "cpu"])  # default: RUN/figures
+    assert (base / "figures" / "similarities.png").exists()
+
+    fig = evaluation.run_figure_data(str(base), bins=40, seed=5)
+    count = RUN["train_size"]  # fewer than Table 1's 5,000
+    assert sum(fig["pos_counts"]) == count and sum(fig["neg_counts"]) == count * (count - 1)
+    centres = torch.linspace(-1, 1, 41)[:-1] + 1 / 40  # (40,) bins of width 0.05
+    for kind in ("pos", "neg"):  # the histograms hold the pairs the statistics describe
+        counts = torch.tensor(fig[f"{kind}_counts"], dtype=torch.float64)
+        mean = (centres.double() @ counts / counts.sum()).item()
+        assert mean == pytest.approx(fig["stats"][f"{kind}_mean"], abs=0.025), kind
+    ckpt = evaluation.read_checkpoint(str(base))
+    images = evaluation.table1_images("shapes", data_dir="", train_size=count)
+    want = evaluation.positive_pair_stats(evaluation.model_of(ckpt), images,
+                                          augment_kwargs=data.augment_kwargs("shapes", 16),
+                                          generator=torch.Generator().manual_seed(5))
+    assert fig["stats"] == pytest.approx(want)
+    assert fig["curves"]["epoch"] == [1, 2, 3]
 
 
 # ---- the GPU path: same answers there -------------------------------------------------------
@@ -231,3 +297,7 @@ def test_evaluation_on_the_gpu_matches_the_cpu():
     assert on_gpu["neg_var"].device.type == "cuda"
     for key, value in evaluation.similarity_stats(u, v).items():
         assert float(on_gpu[key]) == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
+    pos, neg = evaluation.similarity_histograms(u.double().cuda(), v.double().cuda(), bins=20,
+                                                max_chunk=1000)
+    want_pos, want_neg = evaluation.similarity_histograms(u.double(), v.double(), bins=20)
+    assert torch.equal(pos.cpu(), want_pos) and torch.equal(neg.cpu(), want_neg)
