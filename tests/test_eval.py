@@ -34,8 +34,8 @@ def warmed_up(model):
 
 
 def directions(count, seed):
-    """Four classes told apart by the direction of a 2-D feature alone (45 + 90 c degrees, +-30
-    degrees of noise); row norms 2^-8 ... 2^8 carry no information but dwarf the directions."""
+    """Four classes told apart by the direction of a 2-D feature alone (45 + 90 c degrees, +-0.5
+    rad of noise); row norms 2^-8 ... 2^8 carry no information but dwarf the directions."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(count) % 4  # (N,)
     angle = torch.pi / 4 + labels * torch.pi / 2 + (torch.rand(count, generator=g) - 0.5)
