@@ -1,4 +1,4 @@
-"""The theory of Lee, Lim, Lee & Sohn (ICML 2025), section 5, as formulas and as a numerical lab.
+"""The theory of Lee, Lim, Lee & Sohn (ICML 2025), section 5: formulas and a numerical lab.
 
 The paper asks what the similarities of the OPTIMAL embeddings are. With a free encoder the
 optimum over f is an optimum over the embeddings themselves, so every claim can be checked by
@@ -12,15 +12,21 @@ optimising n free unit-norm pairs (u_i, v_i) in R^d and measuring:
     Thm 5.6   InfoNCE pushes each in-batch negative harder in a smaller batch
     Def. 5.7  the L_VRNS term lowers Var[s_neg] under reshuffled batches
 
-Run:
-    python theory.py                # the lab: ~45 predicted-vs-measured rows with PASS/FAIL,
-                                    # about 15 s on 2 CPU cores; exit status 1 if a row fails
-    python theory.py --run out/     # compare a finished run (out/summary.json) with the theory
+The theorems assume a free encoder with d >= n-1 (d >= m-1 inside a batch) and, for Thm 5.5,
+fixed batches. A trained encoder has d = 128 << n = 50,000 and reshuffles its batches every
+epoch, so for a real run the formulas are reference lines and trends, not predicted values.
+
+Run (CPU; the tensors are tiny and one thread is fastest):
+    python theory.py                   # the lab: 49 predicted-vs-measured rows, PASS/FAIL,
+                                       # ~20 s; exit status 1 if a row fails
+    python theory.py --run runs/RUN    # a finished training run (RUN/summary.json) vs theory
     python -m pytest tests/test_theory.py
 
 Shape legend: n = number of pairs (the training-set size in the theory), m = batch size,
 b = n / m batches, d = embedding dimension. u, v: (n, d) or (m, d) with unit rows; row i of u and
 row i of v are a positive pair. S = u v^T: (n, n), S[i, j] = s_ij = u_i^T v_j.
+The formulas, from negative_similarity_optimum to optimize_embeddings, are pure and paste alone
+into a file that imports math, numbers, numpy as np, torch and torch.nn.functional as F.
 """
 import argparse
 import json
@@ -31,22 +37,12 @@ import sys
 import time
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import losses
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_batch(n, m):
-    _check_int("n", n, 2)
-    _check_int("m", m, 2)
-    if m > n:
-        raise ValueError(f"the batch size m = {m} cannot exceed the number of pairs n = {n}")
+from eval import similarity_stats  # Def. 4.1: E and Var of s_pos and s_neg, as a run logs them
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,20 +56,24 @@ def negative_similarity_optimum(n):
     so the mean over the n(n-1) ordered pairs is >= -1/(n-1), with equality iff sum_i u_i = 0.
     Every pair at exactly -1/(n-1) is the regular simplex (needs d >= n-1).
     """
-    _check_int("n", n, 2)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
     return -1.0 / (n - 1)
 
 
 def positive_similarity_bound(mean_neg, n):
     """Thm 5.2, eq. (7): for ANY embeddings of n pairs, E[s_pos] <= 1 + E[s_neg] + 1/(n-1).
 
-    Proof in one line: with centred views u_i - u_bar, v_i - v_bar,
-        E[s_pos] - E[s_neg] = (1/(n-1)) sum_i (u_i - u_bar)^T (v_i - v_bar) <= n/(n-1),
-    by Cauchy-Schwarz and sum_i ||u_i - u_bar||^2 = n - n ||u_bar||^2 <= n; equality iff u_i = v_i
-    and sum_i u_i = 0. So pushing E[s_neg] below -1/(n-1) forces E[s_pos] below 1.
-    mean_neg: the mean over the n(n-1) ordered cross-view pairs of the same n pairs.
+    Proof in one line: with centred views a_i = u_i - u_bar, c_i = v_i - v_bar,
+        E[s_pos] - E[s_neg] = (1/(n-1)) sum_i a_i^T c_i, and sum_i ||a_i||^2 = n - n ||u_bar||^2,
+    so the slack is exactly
+        1 + E[s_neg] + 1/(n-1) - E[s_pos]
+            = (n ||u_bar||^2 + n ||v_bar||^2 + sum_i ||a_i - c_i||^2) / (2(n-1))  >=  0,
+    zero iff u_i = v_i and sum_i u_i = 0. So pushing E[s_neg] below -1/(n-1) forces E[s_pos]
+    below 1. mean_neg: the mean over the n(n-1) ordered cross-view pairs of the same n pairs.
     """
-    _check_int("n", n, 2)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
     return 1.0 + float(mean_neg) + 1.0 / (n - 1)
 
 
@@ -87,12 +87,9 @@ def excessive_separation(dphi_at_1, dpsi_at_threshold, n):
     reward for aligning a positive is weaker than the penalty's pull on the negatives. If the
     inequality is reversed (strictly), Thm 5.1 (iii) gives the simplex instead.
     """
-    _check_int("n", n, 2)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
     return float(dphi_at_1) < (n - 2) / (2 * (n - 1)) * float(dpsi_at_threshold)
-
-
-def _softplus(x):  # log(1 + e^x) without overflow: = max(x, 0) + log(1 + e^{-|x|})
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 def siglip_excessive_separation(t, b, n):
@@ -102,16 +99,17 @@ def siglip_excessive_separation(t, b, n):
         (1 + e^{t/(n-1) + b}) / (1 + e^{t - b}) < (n - 2) / 2.
 
     It is eq. (8) with phi'(x) = t / (1 + e^{tx - b}), psi'(x) = (n-1) t e^{tx-b} / (1 + e^{tx-b}):
-    psi'(-1/(n-1)) = (n-1) t / (1 + e^{t/(n-1) + b}). Compared in log space, so t = 100 is fine.
-    SigLIP's own bias b' (logit t x + b') is b' = -b: its init t = 10, b' = -10 is b = 10 here.
+    psi'(-1/(n-1)) = (n-1) t / (1 + e^{t/(n-1) + b}). SigLIP's own bias b' (logit t x + b') is
+    b' = -b: its init t = 10, b' = -10 is b = 10 here. At n = 2 the right-hand side is 0 and the
+    ratio never falls below it.
     """
-    _check_int("n", n, 2)
-    t, b = float(t), float(b)
-    if not (math.isfinite(t) and t > 0 and math.isfinite(b)):
-        raise ValueError(f"need a finite t > 0 and a finite b, got t = {t!r}, b = {b!r}")
-    if n == 2:  # right-hand side 0: a ratio of positive numbers never falls below it
-        return False
-    return _softplus(t / (n - 1) + b) - _softplus(t - b) < math.log((n - 2) / 2)
+    if (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2
+            or not (0 < t < math.inf and math.isfinite(b))):
+        raise ValueError(f"need an integer n >= 2, a finite t > 0 and a finite b; got n = {n!r}, "
+                         f"t = {t!r}, b = {b!r}")
+    # compared in log space, log(1 + e^x) = logaddexp(0, x), so that t = 1000 does not overflow
+    log_ratio = np.logaddexp(0.0, t / (n - 1) + b) - np.logaddexp(0.0, t - b)
+    return n > 2 and bool(log_ratio < math.log((n - 2) / 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +119,8 @@ def siglip_excessive_separation(t, b, n):
 def within_batch_negative_similarity(m):
     """Thm 5.5: inside each batch of m the optimum is an (m-1)-simplex, negatives at -1/(m-1).
     A smaller batch pushes its negatives further apart than the full-batch -1/(n-1)."""
-    _check_int("m", m, 2)
+    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 2:
+        raise ValueError(f"m must be an integer >= 2, got {m!r}")
     return -1.0 / (m - 1)
 
 
@@ -137,7 +136,9 @@ def minibatch_variance_bounds(n, m):
     The theorem assumes m divides n; for other n (a dropped last batch) the formula is read as
     a smooth interpolation.
     """
-    _check_batch(n, m)
+    if not (isinstance(n, numbers.Integral) and isinstance(m, numbers.Integral) and 2 <= m <= n):
+        raise ValueError(f"need integers n >= m >= 2 (batches of m out of n pairs), got n = {n!r},"
+                         f" m = {m!r}")
     low = (n - m) / ((m - 1) * (n - 1) ** 2)
     return low, n * low
 
@@ -149,22 +150,17 @@ def batch_simplices(n, m, d, shared=False):
     upper bound; needs d >= m-1). m = n is the full-batch simplex ETF of Thm 5.1.
     Returns u (n, d) float64 with unit rows; use v = u.
     """
-    _check_batch(n, m)
-    if n % m:
-        raise ValueError(f"the batch size m = {m} must divide n = {n}")
-    b = n // m
-    need = m - 1 if shared else b * (m - 1)
-    _check_int("d", d, 1)
-    if d < need:
-        where = "one shared simplex" if shared else f"{b} simplices in orthogonal subspaces"
-        raise ValueError(f"{where} of {m} points need d >= {need}, got d = {d}")
+    if not (2 <= m <= n and n % m == 0 and d >= (m - 1 if shared else n - n // m)):
+        raise ValueError(f"need 2 <= m <= n with m dividing n, and d >= m-1 for one shared simplex"
+                         f" or d >= b(m-1) for b = n/m orthogonal ones; got n = {n}, m = {m}, "
+                         f"d = {d}, shared = {shared}")
     # Gram of the simplex: G = (m/(m-1)) (I - 11^T/m); its top m-1 eigenvectors, scaled by
     # sqrt(m/(m-1)), give coordinates in R^{m-1}.
     gram = m / (m - 1) * (torch.eye(m, dtype=torch.float64) - 1.0 / m)  # (m, m)
     _, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues: 0 first
     simplex = vectors[:, 1:] * math.sqrt(m / (m - 1))  # (m, m-1)
     u = torch.zeros(n, d, dtype=torch.float64)  # (n, d)
-    for k in range(b):
+    for k in range(n // m):
         col = 0 if shared else k * (m - 1)
         u[k * m:(k + 1) * m, col:col + m - 1] = simplex
     return u
@@ -184,7 +180,7 @@ def infonce_similarity_gradient(S, tau):
     m = S.shape[0]
     rows = torch.softmax(S / tau, dim=1)  # (m, m)  row i sums to 1
     cols = torch.softmax(S / tau, dim=0)  # (m, m)  column j sums to 1
-    eye = torch.eye(m, dtype=S.dtype, device=S.device)
+    eye = torch.eye(m, dtype=S.dtype, device=S.device)  # (m, m)
     return (rows + cols - 2 * eye) / (2 * m * tau)
 
 
@@ -203,20 +199,16 @@ def optimize_embeddings(loss_fn, n, d, batch_size=None, fixed_batches=True, step
     (reshuffling, as in practice).
     Parameters are free vectors normalised in the forward pass; Adam, lr cosine-decayed to 0 so
     the last steps settle into the minimum; float64. The defaults reach the simplex of Thm 5.1 to
-    about 1e-6 at n = 8 in ~0.4 s; flat losses (SigLIP with a large b, near eq. (10)'s boundary)
-    need more steps. Deterministic for a seed (own generator for the init and the shuffles).
+    about 1e-15 at n = 8; flat losses (SigLIP with large t and b, near eq. (10)'s boundary) need
+    more steps. Deterministic for a seed (own generator for the init and the shuffles).
     The tensors are tiny: torch.set_num_threads(1) is faster, 10x so on a busy CPU.
     Returns u, v: (n, d), unit rows, detached.
     """
-    _check_int("n", n, 2)
-    _check_int("d", d, 1)
-    _check_int("steps", steps, 1)
     m = n if batch_size is None else batch_size
-    _check_batch(n, m)
-    if n % m:
-        raise ValueError(f"the batch size m = {m} must divide n = {n} (b = n/m equal batches)")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    if not (2 <= m <= n and n % m == 0 and d >= 1 and steps >= 1 and lr > 0):
+        raise ValueError(f"need 2 <= m <= n with m dividing n (b = n/m equal batches), d >= 1, "
+                         f"steps >= 1 and lr > 0; got n = {n}, m = {m}, d = {d}, steps = {steps},"
+                         f" lr = {lr}")
     g = torch.Generator().manual_seed(seed)
     U = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()  # (n, d)
     V = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_()  # (n, d)
@@ -224,7 +216,7 @@ def optimize_embeddings(loss_fn, n, d, batch_size=None, fixed_batches=True, step
     for step in range(steps):
         opt.param_groups[0]["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         u, v = F.normalize(U, dim=1), F.normalize(V, dim=1)  # (n, d) each
-        order = torch.arange(n) if fixed_batches else torch.randperm(n, generator=g)
+        order = torch.arange(n) if fixed_batches else torch.randperm(n, generator=g)  # (n,)
         loss = sum(loss_fn(u[I], v[I]) for I in order.view(n // m, m))  # I: (m,)
         opt.zero_grad()
         loss.backward()
@@ -236,28 +228,23 @@ def optimize_embeddings(loss_fn, n, d, batch_size=None, fixed_batches=True, step
 # A finished training run against the theory
 # --------------------------------------------------------------------------------------------
 
-_STATS_KEYS = ("pos_mean", "neg_mean", "neg_var", "n")
-
-
 def compare_with_theory(stats, n, m):
     """Rows {'quantity', 'predicted', 'measured', 'note'} comparing measured similarity
-    statistics (eval.similarity_stats of a probe set) with section 5, for a run on n training
-    pairs with batch size m.
+    statistics (eval.similarity_stats of a sample of pairs: floats or 0-d tensors, 'count' the
+    number of pairs in the sample) with section 5, for a run on n training pairs, batch size m.
 
-    Caveat (PAPER.md section 7): the theory's optimum assumes a free encoder, d >= n-1 and fixed
-    batches; real runs have d = 128 << n = 50,000 and reshuffle, and their Var[s_neg] (about 0.14
-    on CIFAR-100) sits far above eq. (11). Compare trends across runs (batch size, lam), not
-    values. The one exact statement is Thm 5.2: it holds for any f, so a violation means the
-    statistics are wrong. It is applied with the probe's own size stats['n'], the n of the
-    expectation it bounds.
+    The optimum of the theory assumes a free encoder with d >= n-1 and fixed batches; a real run
+    has d = 128 << n = 50,000 and reshuffles, and its Var[s_neg] (about 0.14 on CIFAR-100) sits
+    far above eq. (11). Compare trends across runs (batch size, lam), not values. The one exact
+    statement is Thm 5.2: it holds for any f, so a violation means the statistics are wrong. It
+    bounds the mean over the sample's own pairs, so it is applied with the sample's count, not n.
     """
-    missing = [key for key in _STATS_KEYS if key not in stats]
+    missing = [key for key in ("pos_mean", "neg_mean", "neg_var", "count") if key not in stats]
     if missing:
         raise ValueError(f"similarity stats lack {', '.join(missing)}")
-    _check_batch(n, m)
     e_pos, e_neg, var_neg = (float(stats[key]) for key in ("pos_mean", "neg_mean", "neg_var"))
-    n_probe = int(stats["n"])
-    bound = positive_similarity_bound(e_neg, n_probe)
+    count = int(stats["count"])
+    bound = positive_similarity_bound(e_neg, count)
     low, high = minibatch_variance_bounds(n, m)
     # 1e-4: room for float32 statistics; the identity behind eq. (7) is exact.
     holds = e_pos <= bound + 1e-4
@@ -266,7 +253,7 @@ def compare_with_theory(stats, n, m):
         {"quantity": "E[s_neg]", "predicted": negative_similarity_optimum(n), "measured": e_neg,
          "note": "Thm 5.1/5.5 optimum -1/(n-1), free encoder with d >= n-1"},
         {"quantity": "E[s_pos]", "predicted": bound, "measured": e_pos,
-         "note": (f"Thm 5.2: <= 1 + E[s_neg] + 1/({n_probe}-1) (probe pairs) "
+         "note": (f"Thm 5.2: <= 1 + E[s_neg] + 1/({count}-1) (sampled pairs) "
                   + ("holds" if holds else "VIOLATED, impossible for any f: check the stats"))},
         {"quantity": "Var[s_neg]", "predicted": (low, high), "measured": var_neg,
          "note": f"eq. (11) at n = {n}, m = {m}: measured is {place}"},
@@ -298,6 +285,84 @@ def format_table(rows):
 
 
 # --------------------------------------------------------------------------------------------
+# Experiments on free embeddings: the numbers behind the lab and the figures
+# --------------------------------------------------------------------------------------------
+
+def figure2_configurations():
+    """Fig. 2: n = 4 pairs in R^3 with u_i = v_i, three optima. Returns one dict per
+    configuration: 'name', 'u' (4, 3), 'm' (its batches are rows [0, m), [m, 2m), ...),
+    'neg_mean' and 'neg_var' measured by similarity_stats. All three have E[s_neg] = -1/3;
+    Var[s_neg] is 8/9 when both batches {1, 2}, {3, 4} use one antipodal pair, 2/9 when the two
+    pairs lie on orthogonal lines (both optima of the fixed-batch loss), and 0 for the full-batch
+    optimum, a regular tetrahedron."""
+    configurations = [("mini-batch optimum, maximum variance", 2, True),
+                      ("mini-batch optimum, minimum variance", 2, False),
+                      ("full-batch optimum, a tetrahedron", 4, False)]
+    result = []
+    for name, m, shared in configurations:
+        u = batch_simplices(4, m, 3, shared=shared)  # (4, 3)
+        stats = similarity_stats(u, u)
+        result.append({"name": name, "u": u, "m": m, "neg_mean": float(stats["neg_mean"]),
+                       "neg_var": float(stats["neg_var"])})
+    return result
+
+
+def variance_vs_batch(n=24, ms=(2, 3, 4, 6, 8, 12), steps=300, seed=0):
+    """Thm 5.5 against the batch size: SimCLR (tau = 0.5) on n free pairs in R^n, trained on
+    fixed batches and on batches reshuffled every step. One dict per m: eq. (11)'s 'low' and
+    'high', the measured Var[s_neg] of each, 'fixed' and 'reshuffled'. Fixed batches land inside
+    eq. (11); reshuffled batches let every pair meet and head for the full-batch simplex
+    (Var = 0): at n = 24 after 300 steps (seed 0) they are 2x (m = 2) to 6x (m = 12) lower."""
+    loss_fn = partial(losses.simclr_loss, temperature=0.5)
+    rows = []
+    for m in ms:
+        low, high = minibatch_variance_bounds(n, m)
+        row = {"m": m, "low": low, "high": high}
+        for name, fixed in (("fixed", True), ("reshuffled", False)):
+            u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, fixed_batches=fixed,
+                                       steps=steps, seed=seed)
+            row[name] = float(similarity_stats(u, v)["neg_var"])
+        rows.append(row)
+    return rows
+
+
+def siglip_phase(ts, bs, n=8, within_view=False, steps=600, seed=0):
+    """Ex. 5.4 over a (t, b) grid: one dict per point with eq. (10)'s prediction 'predicted' and
+    the measured 'gap' = 1 - min_i s_pos of the full-batch SigLIP optimum of n free pairs in
+    R^n. Where eq. (10) is false the optimum is the simplex (gap 0, Thm 5.1 (iii)); with
+    within_view=True it is the simplex everywhere (Thm 5.1 (ii)). Large t and b make the loss
+    flat: at t = 10, b = 6 (seed 0) 600 steps still leave a gap of 4e-4 (1e-4 with
+    within_view), where t = 7 leaves 2e-6."""
+    points = []
+    for b in bs:
+        for t in ts:
+            loss_fn = partial(losses.siglip_loss, t=t, b=b, within_view=within_view)
+            u, v = optimize_embeddings(loss_fn, n, n, steps=steps, seed=seed)
+            points.append({"t": t, "b": b, "predicted": siglip_excessive_separation(t, b, n),
+                           "gap": 1 - (u * v).sum(1).min().item()})
+    return points
+
+
+def vrns_sweep(lams, fixed_batches, n=32, m=8, steps=500, seed=0):
+    """Def. 5.7: SimCLR (tau = 0.5) + lam L_VRNS on n free pairs in R^n, batches of m, one
+    optimisation per lam. Returns dicts {'lam', 'neg_mean', 'neg_var'}. Reshuffled batches:
+    E[s_neg] stays at -1/(n-1) (SimCLR alone holds it there: it drives sum_i u_i to 0) and
+    Var[s_neg] falls with lam. Fixed batches: cross-batch pairs never meet in a loss, and the
+    term lifts E[s_neg] instead."""
+    rows = []
+    for lam in lams:
+        def loss_fn(u, v, lam=lam):
+            return losses.simclr_loss(u, v, 0.5) + lam * losses.vrns_loss(u, v, n)
+
+        u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, fixed_batches=fixed_batches,
+                                   steps=steps, seed=seed)
+        stats = similarity_stats(u, v)
+        rows.append({"lam": lam, "neg_mean": float(stats["neg_mean"]),
+                     "neg_var": float(stats["neg_var"])})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
 # The lab: every claim of section 5, predicted vs measured
 # --------------------------------------------------------------------------------------------
 
@@ -326,73 +391,82 @@ def _lab_full_batch(seed):
     ]
     rows = []
     for name, loss_fn in cases:
-        u, v = optimize_embeddings(loss_fn, n, d, seed=seed)
+        u, v = optimize_embeddings(loss_fn, n, d, steps=600, seed=seed)
         gap = (u @ v.T - _simplex_gram(n)).abs().max().item()
-        rows.append(_row("Thm 5.1", f"{name}: max|UV^T - S*|", 0.0, gap, gap < 1e-3, "< 1e-3"))
-    # Spectral CL: psi = x^2 is not increasing on [-1, 0] (PAPER.md section 7), so Thm 5.1 does
-    # not apply. Its penalty is smallest at s = 0: orthogonal pairs, UV^T = I, when d >= n;
-    # at d = n-1 a tight frame, |s_ij| = 1/(n-1) with free signs, so E[s_neg] != -1/(n-1).
+        rows.append(_row("Thm 5.1", f"{name}: max|UV^T - S*|", 0.0, gap, gap < 1e-6, "< 1e-6"))
+    # Spectral CL: psi = x^2 is not increasing on [-1, 0], outside Def. 3.2, so Thm 5.1 does not
+    # apply. Its penalty is smallest at s = 0: orthogonal pairs, UV^T = I, when d >= n; at
+    # d = n-1 a tight frame, |s_ij| = 1/(n-1) with free signs, so E[s_neg] != -1/(n-1).
     for within in (False, True):
         loss_fn = partial(losses.spectral_loss, within_view=within)
-        u, v = optimize_embeddings(loss_fn, n, d, seed=seed)
+        u, v = optimize_embeddings(loss_fn, n, d, steps=600, seed=seed)
         gap = (u @ v.T - torch.eye(n, dtype=torch.float64)).abs().max().item()
         name = "Spectral+within" if within else "Spectral"
-        rows.append(_row("not 5.1", f"{name}: max|UV^T - I|", 0.0, gap, gap < 1e-3, "< 1e-3"))
-    u, v = optimize_embeddings(losses.spectral_loss, n, n - 1, seed=seed)
+        rows.append(_row("not 5.1", f"{name}: max|UV^T - I|", 0.0, gap, gap < 1e-6, "< 1e-6"))
+    u, v = optimize_embeddings(losses.spectral_loss, n, n - 1, seed=seed)  # slow: 1000 steps
     gap = ((u @ v.T).abs() - _simplex_gram(n).abs()).abs().max().item()
-    rows.append(_row("not 5.1", "Spectral d=n-1: max||UV^T| - |S*||", 0.0, gap, gap < 1e-3,
-                     "< 1e-3"))
+    rows.append(_row("not 5.1", "Spectral d=n-1: max||UV^T| - |S*||", 0.0, gap, gap < 1e-6,
+                     "< 1e-6"))
     return rows
 
 
-def _lab_excessive_separation(seed, similarity_stats):
+def _lab_excessive_separation(seed):
     """Ex. 5.4 / Thm 5.3 at n = d = 8, t = 5: eq. (10) flips between b = 2.7 and b = 2.8."""
     n, d, t = 8, 8, 5.0
     rows = []
     for b in (2.0, 2.7, 2.8):
         predicted = siglip_excessive_separation(t, b, n)
-        u, v = optimize_embeddings(partial(losses.siglip_loss, t=t, b=b), n, d, seed=seed)
+        u, v = optimize_embeddings(partial(losses.siglip_loss, t=t, b=b), n, d, steps=600,
+                                   seed=seed)
         gap = 1 - (u * v).sum(1).min().item()
         rows.append(_row("Ex. 5.4", f"SigLIP t=5 b={b:g}: 1 - min s_pos",
                          "> 0 (eq.10 true)" if predicted else "0 (eq.10 false)", gap,
-                         gap > 1e-3 if predicted else gap < 1e-3,
-                         "> 1e-3" if predicted else "< 1e-3"))
+                         gap > 1e-3 if predicted else gap < 1e-6,
+                         "> 1e-3" if predicted else "< 1e-6"))
         if b == 2.0:
-            e_neg, target = similarity_stats(u, v)["neg_mean"], negative_similarity_optimum(n)
+            e_neg = float(similarity_stats(u, v)["neg_mean"])
+            target = negative_similarity_optimum(n)
             rows.append(_row("Thm 5.3", "SigLIP t=5 b=2: E[s_neg]", f"< {target:.6f}", e_neg,
                              e_neg < target - 1e-3, "< pred - 1e-3"))
     return rows
 
 
-def _lab_positive_bound(seed, similarity_stats):
-    """Thm 5.2: E[s_pos] <= 1 + E[s_neg] + 1/(n-1) for any embeddings; equality at the simplex."""
+def _lab_positive_bound(seed):
+    """Thm 5.2 as the exact identity of positive_similarity_bound's proof: the slack
+    1 + E[s_neg] + 1/(n-1) - E[s_pos] against (n|u_bar|^2 + n|v_bar|^2 + sum_i |a_i - c_i|^2)
+    / (2(n-1)), on random pairs, an excessively separated SigLIP optimum, and two equality cases
+    (u = v with sum_i u_i = 0): antipodal pairs at random angles and the simplex. A bound with
+    1/n in place of 1/(n-1) would be off by 1/(n(n-1)) = 0.018 at n = 8."""
     n, d = 8, 8
     g = torch.Generator().manual_seed(seed)
     u_rand = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)  # (n, d)
     v_rand = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)  # (n, d)
-    siglip = partial(losses.siglip_loss, t=5.0, b=2.0)
+    w = F.normalize(torch.randn(n // 2, d, generator=g, dtype=torch.float64), dim=1)  # (n/2, d)
+    antipodal = torch.cat([w, -w])  # (n, d)
     simplex = batch_simplices(n, n, d)  # (n, d)
+    siglip = optimize_embeddings(partial(losses.siglip_loss, t=5.0, b=2.0), n, d, steps=600,
+                                 seed=seed)
     rows = []
-    for name, (u, v), equal in [("random u, v", (u_rand, v_rand), False),
-                                ("random u = v", (u_rand, u_rand), False),
-                                ("SigLIP t=5 b=2", optimize_embeddings(siglip, n, d, seed=seed),
-                                 False),
-                                ("simplex ETF", (simplex, simplex), True)]:
+    for name, (u, v) in [("random u, v", (u_rand, v_rand)), ("SigLIP t=5 b=2", siglip),
+                         ("antipodal u = v", (antipodal, antipodal)),
+                         ("simplex ETF", (simplex, simplex))]:
         stats = similarity_stats(u, v)
-        bound = positive_similarity_bound(stats["neg_mean"], n)
-        ok = abs(stats["pos_mean"] - bound) < 1e-9 if equal else stats["pos_mean"] <= bound + 1e-12
-        rows.append(_row("Thm 5.2", f"{name}: E[s_pos]", bound, stats["pos_mean"], ok,
-                         "= pred +- 1e-9" if equal else "<= pred"))
+        slack = positive_similarity_bound(stats["neg_mean"], n) - float(stats["pos_mean"])
+        a, c = u - u.mean(0), v - v.mean(0)  # (n, d) each, the centred views
+        identity = (n * u.mean(0).square().sum() + n * v.mean(0).square().sum()
+                    + (a - c).square().sum()).item() / (2 * (n - 1))
+        rows.append(_row("Thm 5.2", f"{name}: bound - E[s_pos]", identity, slack,
+                         abs(slack - identity) < 1e-12, "+- 1e-12"))
     return rows
 
 
-def _lab_fixed_batches(seed, similarity_stats):
+def _lab_fixed_batches(seed):
     """Thm 5.5: SimCLR (tau = 0.5) on fixed batches at d = n. S_kk: the k-th diagonal block."""
     loss_fn = partial(losses.simclr_loss, temperature=0.5)
     rows = []
     for n, m in [(8, 2), (8, 4), (12, 3), (12, 4)]:
-        u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, seed=seed)
-        stats = similarity_stats(u, v)
+        u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, steps=600, seed=seed)
+        stats = {key: float(value) for key, value in similarity_stats(u, v).items()}
         low, high = minibatch_variance_bounds(n, m)
         tag = f"n={n} m={m}"
         rows.append(_row("Thm 5.5", f"{tag}: Var[s_neg]", (low, high), stats["neg_var"],
@@ -400,24 +474,24 @@ def _lab_fixed_batches(seed, similarity_stats):
         # Exact, not only approximate: each batch simplex sums to 0, so sum_i u_i = 0.
         gap = abs(stats["neg_mean"] - negative_similarity_optimum(n))
         rows.append(_row("Thm 5.5", f"{tag}: E[s_neg]", negative_similarity_optimum(n),
-                         stats["neg_mean"], gap < 1e-4, "+- 1e-4"))
+                         stats["neg_mean"], gap < 1e-6, "+- 1e-6"))
         S = u @ v.T  # (n, n)
         gap = max((S[k:k + m, k:k + m] - _simplex_gram(m)).abs().max().item()
                   for k in range(0, n, m))
-        rows.append(_row("Thm 5.5", f"{tag}: max|S_kk - S*_m|", 0.0, gap, gap < 1e-3, "< 1e-3"))
+        rows.append(_row("Thm 5.5", f"{tag}: max|S_kk - S*_m|", 0.0, gap, gap < 1e-6, "< 1e-6"))
     # The two ends of eq. (11). Every placement of the batch simplices is optimal (cross-batch
     # pairs are in no loss), so at d = n the optimiser lands in between; at d = m-1 all batches
     # must share one subspace: the upper end. The lower end is built and has the same loss.
     n, m = 12, 4
     low, high = minibatch_variance_bounds(n, m)
-    u, v = optimize_embeddings(loss_fn, n, m - 1, batch_size=m, seed=seed)
-    var = similarity_stats(u, v)["neg_var"]
+    u, v = optimize_embeddings(loss_fn, n, m - 1, batch_size=m, steps=600, seed=seed)
+    var = float(similarity_stats(u, v)["neg_var"])
     rows.append(_row("Thm 5.5", f"n={n} m={m} d=m-1: Var[s_neg]", high, var,
                      abs(var - high) < 1e-6, "+- 1e-6"))
     trained = sum(loss_fn(u[k:k + m], v[k:k + m]) for k in range(0, n, m)).item()
     w = batch_simplices(n, m, n)  # (n, n)  batch simplices in orthogonal subspaces
     built = sum(loss_fn(w[k:k + m], w[k:k + m]) for k in range(0, n, m)).item()
-    var = similarity_stats(w, w)["neg_var"]
+    var = float(similarity_stats(w, w)["neg_var"])
     rows.append(_row("Thm 5.5", f"n={n} m={m} orthogonal batches: Var", low, var,
                      abs(var - low) < 1e-9, "+- 1e-9"))
     rows.append(_row("Thm 5.5", "  ... their loss - optimiser's loss", 0.0, built - trained,
@@ -425,16 +499,13 @@ def _lab_fixed_batches(seed, similarity_stats):
     return rows
 
 
-def _lab_figure2(similarity_stats):
-    """Fig. 2: n = 4, d = 3, batches {1, 2}, {3, 4}; (E[s_neg], Var[s_neg]) of three optima."""
+def _lab_figure2():
+    """Fig. 2: E[s_neg] = -1/3 and Var[s_neg] = 8/9, 2/9, 0 for its three configurations."""
     rows = []
-    for name, u, var in [("max variance (shared)", batch_simplices(4, 2, 3, shared=True), 8 / 9),
-                         ("min variance (orthogonal)", batch_simplices(4, 2, 3), 2 / 9),
-                         ("full batch (tetrahedron)", batch_simplices(4, 4, 3), 0.0)]:
-        stats = similarity_stats(u, u)
-        ok = abs(stats["neg_mean"] + 1 / 3) < 1e-6 and abs(stats["neg_var"] - var) < 1e-6
-        rows.append(_row("Fig. 2", f"{name}: E, Var", (-1 / 3, var),
-                         (stats["neg_mean"], stats["neg_var"]), ok, "+- 1e-6"))
+    for config, var in zip(figure2_configurations(), (8 / 9, 2 / 9, 0.0)):
+        ok = abs(config["neg_mean"] + 1 / 3) < 1e-12 and abs(config["neg_var"] - var) < 1e-12
+        rows.append(_row("Fig. 2", f"{config['name']}: E, Var", (-1 / 3, var),
+                         (config["neg_mean"], config["neg_var"]), ok, "+- 1e-12"))
     return rows
 
 
@@ -470,47 +541,51 @@ def _lab_batch_gradient(seed):
     ]
 
 
-def _lab_vrns(seed, similarity_stats):
-    """Def. 5.7: SimCLR (tau = 0.5) + lam L_VRNS at n = d = 32, m = 8, 500 steps.
+def _lab_vrns(seed):
+    """Def. 5.7 at n = d = 32, m = 8, 500 steps: L_VRNS alone, then SimCLR (tau = 0.5) +
+    lam L_VRNS on fixed and on reshuffled batches.
 
-    Measured (seed 0): with free embeddings, reshuffling alone also heads for the full-batch
-    simplex, below eq. (11)'s fixed-batch low of 3.6e-3: Var[s_neg] at lam = 0 is 5.1e-3, 1.2e-3,
-    5.0e-4 after 500, 2000, 6000 steps; lam = 10 gets there 40-60x sooner (8.6e-5, 2.8e-5,
-    1.2e-5). An encoder with d << n cannot reach the simplex at all (PAPER.md section 7).
+    L_VRNS alone reaches its minimum, every negative at the target: E[s_neg] = -1/(n-1), 1e-3
+    away from a wrong target -1/n. With SimCLR, E[s_neg] = -1/(n-1) under reshuffling whatever
+    the target (SimCLR drives sum_i u_i to 0, the least E[s_neg] there is); the term's effect is
+    on the variance. Measured (seed 0): reshuffling alone also heads for the full-batch simplex,
+    Var[s_neg] at lam = 0 is 5.1e-3, 1.2e-3, 5.0e-4 after 500, 2000, 6000 steps; lam = 10 gets
+    there 40-60x sooner (8.6e-5, 2.8e-5, 1.2e-5). An encoder with d << n cannot reach the
+    simplex at all.
     """
     n, m, steps = 32, 8, 500
     target = negative_similarity_optimum(n)
-    rows, previous = [], None
-    for lam, fixed in [(0.0, False), (1.0, False), (10.0, False), (10.0, True)]:
-        def loss_fn(u, v, lam=lam):
-            return losses.simclr_loss(u, v, 0.5) + lam * losses.vrns_loss(u, v, n)
-
-        u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, fixed_batches=fixed,
-                                   steps=steps, seed=seed)
-        stats = similarity_stats(u, v)
-        tag = f"lam={lam:g} {'fixed' if fixed else 'reshuffled'}"
-        if fixed:  # cross-batch pairs never meet in a loss: the term lifts E[s_neg] instead
-            rows.append(_row("Def. 5.7", f"{tag}: E[s_neg]", f"> {target:.6f}",
-                             stats["neg_mean"], stats["neg_mean"] > target + 1e-3,
-                             "> pred + 1e-3"))
-            continue
-        gap = abs(stats["neg_mean"] - target)
-        rows.append(_row("Def. 5.7", f"{tag}: E[s_neg]", target, stats["neg_mean"], gap < 1e-3,
-                         "+- 1e-3"))
-        rows.append(_row("Def. 5.7", f"{tag}: Var[s_neg]",
-                         "-" if previous is None else "< row above", stats["neg_var"],
-                         previous is None or stats["neg_var"] < previous, "falls with lam"))
-        previous = stats["neg_var"]
+    u, v = optimize_embeddings(lambda u, v: losses.vrns_loss(u, v, n), n, n, batch_size=m,
+                               fixed_batches=False, steps=steps, seed=seed)
+    stats = similarity_stats(u, v)
+    e_neg, var = float(stats["neg_mean"]), float(stats["neg_var"])
+    rows = [_row("Def. 5.7", "L_VRNS alone reshuffled: E[s_neg]", target, e_neg,
+                 abs(e_neg - target) < 1e-4, "+- 1e-4"),
+            _row("Def. 5.7", "L_VRNS alone reshuffled: Var[s_neg]", 0.0, var, var < 1e-4,
+                 "< 1e-4")]
+    low, high = minibatch_variance_bounds(n, m)
+    fixed_0, fixed_10 = vrns_sweep((0.0, 10.0), True, n, m, steps, seed)
+    rows.append(_row("Def. 5.7", "lam=0 fixed: Var[s_neg]", (low, high), fixed_0["neg_var"],
+                     low - 1e-6 <= fixed_0["neg_var"] <= high + 1e-6, "in eq. (11)"))
+    # cross-batch pairs never meet in a loss: the term lifts E[s_neg] instead
+    rows.append(_row("Def. 5.7", "lam=10 fixed: E[s_neg]", f"> {target:.6f}",
+                     fixed_10["neg_mean"], fixed_10["neg_mean"] > target + 1e-3, "> pred + 1e-3"))
+    previous, tag = fixed_0["neg_var"], "lam=0 fixed"
+    for r in vrns_sweep((0.0, 1.0, 10.0), False, n, m, steps, seed):
+        rows.append(_row("Def. 5.7", f"lam={r['lam']:g} reshuffled: E[s_neg]", target,
+                         r["neg_mean"], abs(r["neg_mean"] - target) < 1e-4, "+- 1e-4"))
+        rows.append(_row("Def. 5.7", f"lam={r['lam']:g} reshuffled: Var[s_neg]",
+                         f"< {previous:.2e} ({tag})", r["neg_var"], r["neg_var"] < previous,
+                         "falls"))
+        previous, tag = r["neg_var"], f"lam={r['lam']:g}"
     return rows
 
 
 def run_lab(seed=0):
-    """Every lab row, in the order of the paper's section 5. About 15 s on one CPU thread."""
-    from eval import similarity_stats  # eval pulls in torchvision (~1 s); only the lab needs it
-    return (_lab_full_batch(seed) + _lab_excessive_separation(seed, similarity_stats)
-            + _lab_positive_bound(seed, similarity_stats)
-            + _lab_fixed_batches(seed, similarity_stats) + _lab_figure2(similarity_stats)
-            + _lab_batch_gradient(seed) + _lab_vrns(seed, similarity_stats))
+    """Every lab row, in the order of the paper's section 5. About 20 s on one CPU thread."""
+    return (_lab_full_batch(seed) + _lab_excessive_separation(seed) + _lab_positive_bound(seed)
+            + _lab_fixed_batches(seed) + _lab_figure2() + _lab_batch_gradient(seed)
+            + _lab_vrns(seed))
 
 
 def _compare_run(out_dir):
@@ -518,10 +593,10 @@ def _compare_run(out_dir):
     with open(os.path.join(out_dir, "summary.json")) as f:
         summary = json.load(f)
     n, m = summary["n_train"], summary["args"]["batch_size"]
-    table = format_table(compare_with_theory(summary["final"]["probe_stats"], n, m))
+    table = format_table(compare_with_theory(summary["table1_stats"], n, m))
     return (f"{out_dir}: n = {n} training pairs, batch size m = {m}\n{table}\n"
-            "The optimum assumes a free encoder with d >= n-1 and fixed batches; a real run has "
-            "d << n\nand reshuffles, so compare trends across runs, not values (PAPER.md sec. 7).")
+            "The theorems assume a free encoder with d >= n-1 and fixed batches; a trained "
+            "encoder has\nd << n and reshuffles, so compare trends across runs, not values.")
 
 
 def main(argv=None):
@@ -530,7 +605,7 @@ def main(argv=None):
                         help="compare a finished training run (OUT_DIR/summary.json) with the "
                              "theory instead of running the lab; default: run the lab")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the lab's initial embeddings (default 0); every row should "
+                        help="seed of the initial embeddings (default 0); every lab row should "
                              "pass for any seed")
     args = parser.parse_args(argv)
     if args.run is not None:
@@ -543,8 +618,8 @@ def main(argv=None):
             print(f"theory.py --run {args.run}: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
         return 0
-    # Tiny tensors: 10.4 s on 1 thread vs 11.8 s on 2 on an idle 2-core CPU, and a second thread
-    # is up to 10x slower when other processes share the cores.
+    # The tensors are tiny: one thread is faster, and a second one is up to 10x slower when
+    # other processes share the cores.
     torch.set_num_threads(1)
     start = time.time()
     rows = run_lab(args.seed)
@@ -553,7 +628,7 @@ def main(argv=None):
           "optimum puts\nnegatives at 0 (d >= n) or at +-1/(n-1) (d = n-1), not at -1/(n-1).")
     failed = sum(row["result"] == "FAIL" for row in rows)
     print(f"\n{len(rows) - failed}/{len(rows)} rows pass, seed {args.seed}, "
-          f"{time.time() - start:.1f} s wall on {torch.get_num_threads()} CPU thread")
+          f"{time.time() - start:.1f} s wall on 1 CPU thread")
     return 1 if failed else 0
 
 

@@ -1,5 +1,6 @@
-"""theory.py: every formula against hand-computed values or slow loops, the optimum it finds
-against the theorems, and `python theory.py --run` in a subprocess. About 9 s on 2 CPU cores."""
+"""theory.py: every formula against hand-computed values or slow loops and pasted alone, the
+optimum it finds against the theorems, the whole lab (every row must pass), and
+`python theory.py --run` in a subprocess."""
 import json
 import math
 import os
@@ -14,9 +15,9 @@ import torch.nn.functional as F
 
 import losses
 import theory
+from conftest import paste_alone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 def slow_stats(u, v):
@@ -26,7 +27,7 @@ def slow_stats(u, v):
     pos = [float(u[i] @ v[i]) for i in range(n)]
     neg = [float(u[i] @ v[j]) for i in range(n) for j in range(n) if i != j]
     return {"pos_mean": fmean(pos), "pos_var": pvariance(pos), "neg_mean": fmean(neg),
-            "neg_var": pvariance(neg), "n": n}
+            "neg_var": pvariance(neg), "count": n}
 
 
 def simplex_gap(u, v):
@@ -201,35 +202,37 @@ def test_optimize_embeddings_is_deterministic_per_seed():
     assert torch.allclose(u1.norm(dim=1), torch.ones(6, dtype=torch.float64))
 
 
+def test_optimize_embeddings_reshuffles_every_step():
+    """Fixed batches land inside eq. (11) (Thm 5.5); batches drawn afresh every step let all
+    pairs meet and fall far below its low end. Any fixed partition, the first one reused
+    included, would stay inside eq. (11)."""
+    n, m = 8, 4
+    loss_fn = partial(losses.simclr_loss, temperature=0.5)
+    low, high = theory.minibatch_variance_bounds(n, m)  # 0.027, 0.218
+    u, v = theory.optimize_embeddings(loss_fn, n, n, batch_size=m, steps=200)
+    assert low - 1e-6 <= slow_stats(u, v)["neg_var"] <= high + 1e-6
+    u, v = theory.optimize_embeddings(loss_fn, n, n, batch_size=m, fixed_batches=False,
+                                      steps=200)
+    assert slow_stats(u, v)["neg_var"] < low / 3
+
+
 def test_thm_5_1_simclr_reaches_the_simplex():
     u, v = theory.optimize_embeddings(partial(losses.simclr_loss, temperature=0.5), 6, 6)
     assert simplex_gap(u, v) < 1e-6
-
-
-def test_thm_5_5_fixed_batches():
-    n, m = 8, 4
-    u, v = theory.optimize_embeddings(partial(losses.simclr_loss, temperature=0.5), n, n,
-                                      batch_size=m)
-    stats = slow_stats(u, v)
-    low, high = theory.minibatch_variance_bounds(n, m)
-    assert low - 1e-6 <= stats["neg_var"] <= high + 1e-6
-    assert stats["neg_mean"] == pytest.approx(-1 / (n - 1), abs=1e-6)
-    for k in range(0, n, m):  # within each batch: s_pos = 1, negatives at -1/(m-1)
-        assert simplex_gap(u[k:k + m], v[k:k + m]) < 1e-6
 
 
 def test_ex_5_4_siglip_separates_excessively_and_within_view_negatives_cure_it():
     n, t = 6, 5.0  # eq. (10) at n = 6: ratio(b = 2) = 1 < 2, ratio(b = 3) = 6.6 >= 2
     assert theory.siglip_excessive_separation(t, 2.0, n)
     assert not theory.siglip_excessive_separation(t, 3.0, n)
-    u, v = theory.optimize_embeddings(partial(losses.siglip_loss, t=t, b=2.0), n, n)
+    u, v = theory.optimize_embeddings(partial(losses.siglip_loss, t=t, b=2.0), n, n, steps=600)
     stats = slow_stats(u, v)
     assert (u * v).sum(1).max().item() < 1 - 1e-3
     assert stats["neg_mean"] < -1 / (n - 1) - 1e-3
     assert stats["pos_mean"] <= theory.positive_similarity_bound(stats["neg_mean"], n) + 1e-12
     for b, within in [(2.0, True), (3.0, False)]:
         loss_fn = partial(losses.siglip_loss, t=t, b=b, within_view=within)
-        assert simplex_gap(*theory.optimize_embeddings(loss_fn, n, n)) < 1e-6
+        assert simplex_gap(*theory.optimize_embeddings(loss_fn, n, n, steps=600)) < 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,10 +255,25 @@ def test_compare_with_theory_rows():
 
 
 def test_compare_with_theory_flags_an_impossible_positive_mean():
-    stats = {"pos_mean": 0.9, "neg_mean": -0.5, "neg_var": 0.1, "n": 100}  # bound 0.51
+    stats = {"pos_mean": 0.9, "neg_mean": -0.5, "neg_var": 0.1, "count": 100}  # bound 0.51
     assert "VIOLATED" in theory.compare_with_theory(stats, n=1000, m=10)[1]["note"]
     with pytest.raises(ValueError, match="neg_var"):
-        theory.compare_with_theory({"pos_mean": 0.9, "neg_mean": -0.5, "n": 100}, n=1000, m=10)
+        theory.compare_with_theory({"pos_mean": 0.9, "neg_mean": -0.5, "count": 100}, n=1000,
+                                   m=10)
+
+
+def test_compare_with_theory_bounds_the_sample_with_its_own_count():
+    """eq. (7) bounds the mean over the sample's pairs: 1/(count-1), not the training set's
+    1/(n-1). Here count = 5 pairs, n = 1000: the bound is 1 - 0.3 + 1/4 = 0.95, which the
+    sample's E[s_pos] = 0.93 respects; with 1/(n-1) it would be 0.701 and read as violated."""
+    stats = {"pos_mean": torch.tensor(0.93, dtype=torch.float64), "neg_var": torch.tensor(0.2),
+             "neg_mean": torch.tensor(-0.3, dtype=torch.float64), "count": 5}
+    rows = theory.compare_with_theory(stats, n=1000, m=10)
+    assert rows[1]["predicted"] == pytest.approx(0.95, abs=1e-12)
+    assert "holds" in rows[1]["note"] and "1/(5-1)" in rows[1]["note"]
+    assert rows[0]["predicted"] == pytest.approx(-1 / 999)
+    json.dumps(rows)  # plain floats, ready for summary.json, even from 0-d tensors
+    assert all(type(row["measured"]) in (float, type(None)) for row in rows)
 
 
 def test_format_table_aligns_columns():
@@ -277,18 +295,61 @@ def test_cli_run_on_a_missing_dir_exits_2_with_one_line(tmp_path):
     result = run_cli("--run", str(tmp_path / "nowhere"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_cli_run_on_an_incomplete_summary_names_the_key(tmp_path, capsys):
     (tmp_path / "summary.json").write_text(json.dumps({"n_train": 100}))
-    result = run_cli("--run", str(tmp_path))
-    assert result.returncode == 2 and "'args'" in result.stderr and "Traceback" not in result.stderr
+    assert theory.main(["--run", str(tmp_path)]) == 2
+    assert "'args'" in capsys.readouterr().err
 
 
 def test_cli_run_prints_the_table(tmp_path):
     g = torch.Generator().manual_seed(0)
     u, v = F.normalize(torch.randn(2, 20, 8, generator=g, dtype=torch.float64), dim=2)
-    summary = {"args": {"batch_size": 16}, "n_train": 256,
-               "final": {"probe_stats": slow_stats(u, v)}}
+    summary = {"args": {"batch_size": 16}, "n_train": 256, "table1_stats": slow_stats(u, v)}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     result = run_cli("--run", str(tmp_path))
     assert result.returncode == 0, result.stderr
     for text in ["E[s_neg]", "E[s_pos]", "Var[s_neg]", f"{-1 / 255:.6f}", "holds"]:
         assert text in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Copyable formulas, and the lab as a whole
+# --------------------------------------------------------------------------------------------
+
+FORMULAS = {  # name -> calls that exercise every branch; each returns a number or a tensor
+    "negative_similarity_optimum": [(8,), (2,)],
+    "positive_similarity_bound": [(-0.2, 8), (torch.tensor(-0.5), 3)],
+    "excessive_separation": [(1.0, 3.0, 8), (2.0, 3.0, 8)],
+    "siglip_excessive_separation": [(5.0, 2.0, 8), (5.0, 3.0, 8), (1000.0, 0.0, 8), (5.0, 2.0, 2)],
+    "within_batch_negative_similarity": [(5,)],
+    "minibatch_variance_bounds": [(12, 4), (6, 6)],
+    "batch_simplices": [(6, 3, 4), (6, 3, 2, True), (4, 4, 3)],
+    "infonce_similarity_gradient": [(torch.randn(5, 5, generator=torch.Generator().manual_seed(0),
+                                                 dtype=torch.float64), 0.3)],
+    "optimize_embeddings": [(partial(losses.simclr_loss, temperature=0.5), 6, 4, 3, False, 20)],
+}
+
+
+@pytest.mark.parametrize("name", FORMULAS)
+def test_formula_pastes_and_runs_alone(name):
+    """The function's source alone, in a file importing only math, numbers, np, torch and F."""
+    fn, pasted = getattr(theory, name), paste_alone(getattr(theory, name))
+    for args in FORMULAS[name]:
+        expected, got = fn(*args), pasted(*args)
+        for e, g in zip(expected if isinstance(expected, tuple) else (expected,),
+                        got if isinstance(got, tuple) else (got,)):
+            assert torch.equal(g, e) if isinstance(e, torch.Tensor) else g == e
+    if name != "infonce_similarity_gradient":  # the only one without a check of its own
+        with pytest.raises(ValueError):
+            pasted(*[1] * len(FORMULAS[name][0]))
+
+
+def test_lab_every_row_passes():
+    """`python theory.py`: every predicted-vs-measured row of the lab passes (seed 0)."""
+    rows = theory.run_lab(seed=0)
+    assert len(rows) >= 45
+    failed = [f"{r['claim']} {r['quantity']}: {r['measured']}" for r in rows
+              if r["result"] != "PASS"]
+    assert not failed, failed
