@@ -19,7 +19,8 @@ epoch, so for a real run the formulas are reference lines and trends, not predic
 Run (CPU; the tensors are tiny and one thread is fastest):
     python theory.py                   # the lab: 49 predicted-vs-measured rows, PASS/FAIL,
                                        # ~20 s; exit status 1 if a row fails
-    python theory.py --plot            # the four figures as figures/*.png, about a minute
+    python theory.py --plot            # figures/*.png, about a minute: Fig. 2 re-drawn,
+                                       # eq. (11) vs m, Ex. 5.4's phase diagram, L_VRNS vs lam
     python theory.py --plot --quick --plot-dir /tmp/figures   # coarse versions, seconds
     python theory.py --run runs/RUN    # a finished training run (RUN/summary.json) vs theory
     python -m pytest tests/test_theory.py tests/test_theory_plots.py
