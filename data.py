@@ -5,21 +5,45 @@ operations, and the batch schedule (reshuffled every epoch, or the fixed batches
   functions; colour, position, scale and pixel noise are nuisances, each destroyed by some
   augmentation, so the shape is the only thing two views share.
 - `load_dataset` reads shapes, CIFAR-10/100 and STL-10 (torchvision's on-disk formats) into memory.
-- `augment` / `two_views`: SimCLR's crop, flip, colour jitter, grayscale and blur on a whole batch
-  with per-sample random parameters, on whatever device the images are on (App. D, PAPER.md §5).
-  One CPU core: ~36,000 img/s at 32 px (cifar / shapes presets), ~3,000 img/s at 96 px (stl10);
-  `python bench.py` times it against torchvision's per-image PIL pipeline.
+- `augment` / `two_views`: SimCLR's augmentation (App. D) on a whole batch, on whatever device
+  the images are on, with per-image random parameters from one torch.Generator. `augment` chains
+  four batch functions, each of which pastes alone into other code: `batch_crop_flip`,
+  `batch_color_jitter`, `batch_grayscale`, `batch_blur`, then `normalize`. None of them makes
+  the CPU wait for a GPU (no nonzero, boolean mask, .item(), or constant copied from the CPU).
+  `python bench.py` times two_views against torchvision's per-image PIL pipeline.
+- `DATASETS`, `augment_kwargs(dataset, image_size)`: the datasets train.py trains on, and each
+  one's augmentation preset with its channel statistics.
 - `batch_order`: the instance indices of every batch of one epoch.
 - `ImageFolderPairs` and the two `imagefolder_*_transform`s: the PIL path for ImageNet-style trees.
 
 Shapes: N images in a dataset, B images in a batch, C = 3 channels, H = W input side, S output
 side, m pairs per batch, n training-set size.
 
+Where the batched augmentation differs from torchvision's transforms (measured on 100-300 random
+images; tests/test_data.py checks the first two points):
+- Same distributions, not the same draws: crop boxes as RandomResizedCrop.get_params (sides
+  rounded to whole pixels, offsets that reach both edges, 10 tries, the centre-crop fallback);
+  factors, hue shift and the per-image order of the four operations as ColorJitter; probabilities
+  and sigma as RandomApply, RandomGrayscale and GaussianBlur. A seed gives other images than
+  torchvision's with the same seed.
+- Same pixels for the same parameters, up to float32 rounding, as torchvision's tensor ops: crop
+  and flip as resized_crop(antialias=False), at most 1e-7 apart at 32 px and 7e-6 at 96 px;
+  brightness, contrast, saturation and hue as adjust_*, at most 8e-7; blur at most 5e-7.
+- The box sides are rounded in float32, torchvision's in float64: about 2 draws in a million get
+  a side one pixel different.
+- No antialiasing: a box larger than the output (STL-10's 96 px trained at --image-size 32) is
+  downscaled by plain bilinear sampling, while torchvision's tensor resize (antialias=True by
+  default) and PIL filter first. 96 -> 32 px on the shapes dataset: mean |difference| 0.0125,
+  1% of values off by more than 0.097. At every preset's own size, boxes are only upscaled.
+- torchvision's PIL pipeline (imagefolder_two_view_transform) rounds to 8 bits after each colour
+  operation, and rotates hue in 8-bit HSV: against the tensor ops at the same factor, mean 0.5/255
+  and max 1.2/255 for brightness, contrast and saturation, mean 0.8/255 and max 15/255 for hue.
+  The batch functions follow the tensor ops and do not copy this.
+
 Try it (CPU, about a second):
     python -c "import data; x, y = data.make_shapes(5000, seed=0); print(x.shape, y[:10])"
     python -c "import data; x, _ = data.make_shapes(256, seed=0); \
-u, v = data.two_views(x, **data.AUGMENT_PRESETS['shapes'], **data.DATASET_STATS['shapes']); \
-print(u.shape, v.shape)"
+u, v = data.two_views(x, **data.augment_kwargs('shapes')); print(u.shape, v.shape)"
 """
 import math
 import pickle
@@ -131,7 +155,9 @@ _CIFAR = {  # name -> (folder, train files, test files, label key, classes, torc
                 'labels', 10, datasets.CIFAR10),
     'cifar100': ('cifar-100-python', ['train'], ['test'], 'fine_labels', 100, datasets.CIFAR100),
 }
-DATASETS = ('shapes', 'cifar10', 'cifar100', 'stl10', 'stl10_unlabeled')
+# Every dataset train.py can train on. 'imagefolder' is an ImageNet-style tree (ImageNet-100,
+# Tiny-ImageNet) streamed through ImageFolderPairs; the others load into memory (load_dataset).
+DATASETS = ('shapes', 'cifar10', 'cifar100', 'stl10', 'stl10_unlabeled', 'imagefolder')
 
 
 def _require(folder, files):
@@ -183,8 +209,9 @@ def load_dataset(name, *, data_dir, train, download=False, seed=0, n_shapes=None
     if name == 'shapes':
         n = n_shapes if n_shapes is not None else (5000 if train else 1000)
         return (*make_shapes(n, seed=2 * seed + (0 if train else 1)), len(SHAPE_CLASSES))
-    if name not in DATASETS:
-        raise ValueError(f'unknown dataset {name!r}; choose from {DATASETS}')
+    if name not in DATASETS or name == 'imagefolder':
+        raise ValueError(f'unknown dataset {name!r}; choose from {DATASETS[:-1]} (an imagefolder '
+                         f'tree streams through ImageFolderPairs)')
     root = Path(data_dir)
     if name in _CIFAR:
         sub, train_files, test_files, label_key, classes, tv_class = _CIFAR[name]
@@ -223,13 +250,209 @@ AUGMENT_PRESETS = {
                    p_gray=0.2, p_blur=0.0),
 }
 
-
 # dataset -> its AUGMENT_PRESETS entry (ImageFolder trees are ImageNet-like)
 PRESET_OF = {'shapes': 'shapes', 'cifar10': 'cifar', 'cifar100': 'cifar', 'stl10': 'stl10',
              'stl10_unlabeled': 'stl10', 'imagefolder': 'imagenet'}
 
 
-def _check_augment_args(size, scale, ratio, jitter, blur_sigma, mean, std, **probabilities):
+def augment_kwargs(dataset, image_size=0):
+    """augment's keyword arguments for a dataset of DATASETS: its preset, its channel statistics,
+    and the output side image_size in pixels when > 0 (0 keeps the preset's)."""
+    if dataset not in DATASETS or image_size < 0:
+        raise ValueError(f'augment_kwargs needs a dataset of {DATASETS} and image_size >= 0, '
+                         f'got {dataset!r}, {image_size}')
+    kwargs = dict(AUGMENT_PRESETS[PRESET_OF[dataset]], **DATASET_STATS[dataset])
+    if image_size:
+        kwargs['size'] = image_size
+    return kwargs
+
+
+def blur_kernel_size(size):
+    """SimCLR's Gaussian kernel: about 10% of the image side, odd (32 -> 3, 96 -> 9, 224 -> 23)."""
+    return int(0.1 * size) // 2 * 2 + 1
+
+
+def batch_crop_flip(x, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
+                    generator=None):
+    """torchvision's RandomResizedCrop(size, scale, ratio) then RandomHorizontalFlip(p_flip), each
+    image its own box: (B, C, H, W) float -> (B, C, S, S).
+
+    The box as RandomResizedCrop.get_params: 10 tries of an area ~ U(scale) * H W and an aspect
+    w / h log-uniform in ratio; sides rounded to whole pixels; the first try that fits wins, at a
+    top-left corner uniform over every whole-pixel position. If no try fits, a centre crop with
+    the aspect clamped into ratio. The box is then resized bilinearly as torchvision's
+    resized_crop(antialias=False): output pixel k reads box coordinate (k + 0.5) h / S - 0.5,
+    clamped into the box, so no output pixel reads outside the box.
+    """
+    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f'need 0 < scale <= 1 and 0 < ratio, got {scale}, {ratio}')
+    B, _, H, W = x.shape
+    area = H * W * torch.empty(B, 10, device=x.device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(B, 10, device=x.device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator)  # (B, 10)
+    w = (area * log_ratio.exp()).sqrt().round()  # (B, 10) whole pixels, round half to even
+    h = (area / log_ratio.exp()).sqrt().round()  # (B, 10) as Python's round in torchvision
+    fits = (w > 0) & (w <= W) & (h > 0) & (h <= H)  # (B, 10)
+    first = fits.int().argmax(1, keepdim=True)  # (B, 1) the first try that fits
+    found = fits.any(1)  # (B,)
+    r = min(max(W / H, ratio[0]), ratio[1])  # fallback: the image's aspect clamped into ratio
+    w0, h0 = (W, round(W / r)) if W / H <= r else (round(H * r), H)
+    w = torch.where(found, w.gather(1, first)[:, 0], w0)  # (B,)
+    h = torch.where(found, h.gather(1, first)[:, 0], h0)  # (B,)
+    u = torch.rand(B, 3, generator=generator, device=x.device)  # (B, 3) in [0, 1)
+    top = torch.where(found, (u[:, 0] * (H - h + 1)).floor(), (H - h0) // 2)  # (B,) 0 .. H - h
+    left = torch.where(found, (u[:, 1] * (W - w + 1)).floor(), (W - w0) // 2)  # (B,) 0 .. W - w
+    # Output pixel k (of S) reads box coordinate (k + 1/2) w / S - 1/2, clamped into [0, w - 1];
+    # a flipped image reads its row backwards, k -> S - 1 - k.
+    k = torch.arange(size, device=x.device) + 0.5  # (S,) output pixel centres
+    kx = torch.where((u[:, 2] < p_flip)[:, None], size - k, k)  # (B, S)
+    bx = torch.minimum((kx * (w / size)[:, None] - 0.5).clamp_min(0), (w - 1)[:, None])  # (B, S)
+    by = torch.minimum((k * (h / size)[:, None] - 0.5).clamp_min(0), (h - 1)[:, None])  # (B, S)
+    gx = (2 * (left[:, None] + bx) + 1) / W - 1  # (B, S) grid_sample's coordinates: pixel p
+    gy = (2 * (top[:, None] + by) + 1) / H - 1  # (B, S) at (2 p + 1) / W - 1 (align_corners=False)
+    grid = torch.stack([gx[:, None, :].expand(B, size, size),
+                        gy[:, :, None].expand(B, size, size)], 3)  # (B, S, S, 2)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
+def batch_color_jitter(x, *, jitter=(0.4, 0.4, 0.4, 0.1), p_jitter=0.8, generator=None):
+    """torchvision's RandomApply([ColorJitter(*jitter)], p_jitter) on each image: (B, 3, H, W) in
+    [0, 1] -> same. jitter = (brightness, contrast, saturation, hue): factors ~ U(max(0, 1 - j),
+    1 + j) for the first three, a hue shift ~ U(-j, j) of the circle, drawn per image, and the four
+    operations applied in a random order per image, as ColorJitter does.
+
+    Brightness, contrast and saturation are each a blend f x + (1 - f) t, clamped to [0, 1], with
+    t = 0, the mean luma of the image, or the luma of each pixel; an image for which a step is not
+    its turn gets f = 1, which leaves it exactly as it was (torch.lerp returns x at weight 0). The
+    order splits into the hue's place (0-3) and an order of the other three, so the batch runs
+    three blend steps before the hue and three after, each image blending in those before its hue
+    and those after: one pass of the costly hue rotation instead of four.
+    """
+    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+        raise ValueError(f'need jitter = (brightness, contrast, saturation, hue) >= 0 with hue '
+                         f'<= 0.5, got {jitter}')
+    if p_jitter == 0 or max(jitter) == 0:
+        return x
+    B = x.shape[0]
+    u = torch.rand(B, 6, generator=generator, device=x.device)  # (B, 6)
+    f = torch.stack([max(0, 1 - j) + (1 + j - max(0, 1 - j)) * u[:, n]
+                     for n, j in enumerate(jitter[:3])], 1)  # (B, 3) blend factors
+    shift = jitter[3] * (2 * u[:, 3] - 1)  # (B,) hue shift, a fraction of the circle
+    on = u[:, 4] < p_jitter  # (B,)
+    # Each image's order: the hue's place, 0-3, and an order of brightness (0), contrast (1) and
+    # saturation (2); together uniform over the 24 orders of the four operations.
+    hue_at = (4 * u[:, 5]).long()  # (B,)
+    order = torch.rand(B, 3, generator=generator, device=x.device).argsort(1)  # (B, 3)
+
+    x = x.clone()  # worked on in place below: fresh (B, 3, H, W) buffers cost as much as the math
+    for step in range(6):
+        if step == 3 and jitter[3] > 0:  # hue rotation through HSV, as torchvision's adjust_hue
+            r, g, b = x.unbind(1)  # (B, H, W) each
+            v = x.amax(1)  # (B, H, W) value
+            chroma = v - x.amin(1)  # (B, H, W) max - min
+            # 6 x hue = (g - b) / chroma if r is the max, else 2 + (b - r) / chroma if g is, else
+            # 4 + (r - g) / chroma. Picked by lerp with weights sign(v - r), sign(v - g): 0 at
+            # the max, else 1, and lerp is exact at 0 and 1; torch.where over a bool mask is
+            # several times slower on a CPU.
+            h = torch.lerp(torch.add(b - r, chroma, alpha=2), torch.add(r - g, chroma, alpha=4),
+                           (v - g).sign())  # (B, H, W) g or b is the max
+            h = torch.lerp(g - b, h, (v - r).sign())  # (B, H, W) numerator of 6 x hue
+            h = (h / chroma.clamp_min(1e-8) + 6 * shift[:, None, None]) % 6  # (B, H, W) 6 x hue
+            # HSV -> RGB: channel n is v - chroma clamp(||6 hue - c_n| - 3| - 1, 0, 1) with
+            # c = (3, 5, 7): torchvision's piecewise-linear table, written as distances
+            k = h[:, None] - torch.arange(3, 8, 2, device=x.device)[:, None, None]  # (B, 3, H, W)
+            rotated = torch.addcmul(v[:, None], chroma[:, None],
+                                    k.abs_().sub_(3).abs_().sub_(1).clamp_(0, 1), value=-1)
+            x = rotated.lerp_(x, (~on).float()[:, None, None, None])  # jitter off: x, exactly
+        op = order[:, step % 3]  # (B,) 0 brightness, 1 contrast, 2 saturation
+        turn = on & ((step % 3 < hue_at) if step < 3 else (step % 3 >= hue_at))  # (B,)
+        w = torch.where(turn, 1 - f.gather(1, op[:, None])[:, 0], 0.0)[:, None, None, None]
+        luma = (x[:, 0] * 0.2989).add_(x[:, 1], alpha=0.587).add_(x[:, 2], alpha=0.114)
+        luma = luma[:, None]  # (B, 1, H, W) ITU-R 601, torchvision's rgb_to_grayscale weights
+        mean = luma.mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+        target = luma.mul_((op == 2).float()[:, None, None, None]).add_(
+            (op == 1).float()[:, None, None, None] * mean)  # (B, 1, H, W); 0 for brightness
+        x.lerp_(target, w).clamp_(0, 1)  # (1 - w) x + w target, exactly x where w = 0
+    return x
+
+
+def batch_grayscale(x, *, p_gray=0.2, generator=None):
+    """torchvision's RandomGrayscale(p_gray): each image, with probability p_gray, becomes its
+    ITU-R 601 luma in all three channels. (B, 3, H, W) -> same."""
+    if p_gray == 0:
+        return x
+    gray = torch.rand(x.shape[0], generator=generator, device=x.device) < p_gray  # (B,)
+    luma = (x[:, 0] * 0.2989).add_(x[:, 1], alpha=0.587).add_(x[:, 2], alpha=0.114)  # (B, H, W)
+    return x.lerp(luma[:, None], gray.float()[:, None, None, None])  # (B, 3, H, W) exact: w 0, 1
+
+
+def batch_blur(x, *, p_blur=0.5, sigma=(0.1, 2.0), kernel_size, generator=None):
+    """torchvision's RandomApply([GaussianBlur(kernel_size, sigma)], p_blur) on each image, sigma
+    ~ U(sigma) per image: (B, C, H, W) -> same. Separable, reflect padding; an image left
+    unblurred gets the kernel (0, ..., 1, ..., 0). One grouped convolution per direction."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'kernel_size must be odd and >= 1, got {kernel_size}')
+    if p_blur == 0:
+        return x
+    B, C, H, W = x.shape
+    K = kernel_size
+    u = torch.rand(B, 2, generator=generator, device=x.device)  # (B, 2)
+    s = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]  # (B,)
+    t = torch.arange(K, device=x.device) - K // 2  # (K,) taps
+    kern = torch.exp(-0.5 * (t / s[:, None]) ** 2)  # (B, K)
+    kern = torch.where((u[:, 1] < p_blur)[:, None], kern / kern.sum(1, keepdim=True), t == 0)
+    kern = kern.repeat_interleave(C, 0)  # (B C, K) the image's kernel for each channel
+    y = F.pad(x.reshape(1, B * C, H, W), [K // 2] * 4, mode='reflect')  # (1, B C, H+K-1, W+K-1)
+    y = F.conv2d(y, kern[:, None, :, None], groups=B * C)  # (1, B C, H, W + K - 1) vertical
+    y = F.conv2d(y, kern[:, None, None, :], groups=B * C)  # (1, B C, H, W) horizontal
+    return y.view(B, C, H, W)
+
+
+def normalize(x, *, mean, std):
+    """(B, 3, H, W) uint8, or float in [0, 1] -> (x - mean) / std per channel, float. Also the
+    evaluation path (no augmentation)."""
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f'mean and std need 3 entries and std > 0, got {mean}, {std}')
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()  # (B, 3, H, W)
+    return torch.stack([x[:, c].sub(mean[c]).div_(std[c]) for c in range(3)], 1)  # (B, 3, H, W)
+
+
+def augment(images, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
+            jitter=(0.4, 0.4, 0.4, 0.1), p_jitter=0.8, p_gray=0.2, p_blur=0.0,
+            blur_sigma=(0.1, 2.0), mean, std, generator=None):
+    """One SimCLR view of every image: (B, 3, H, W) uint8 or [0, 1] float -> (B, 3, S, S) float.
+
+    torchvision's pipeline, in its order: RandomResizedCrop(size, scale, ratio), horizontal flip
+    (p_flip), ColorJitter(*jitter) with probability p_jitter, RandomGrayscale(p_gray),
+    GaussianBlur(blur_kernel_size(size), blur_sigma) with probability p_blur, normalisation. All
+    randomness comes from generator (on the images' device; None = the global RNG), so a seeded
+    generator reproduces a batch.
+    """
+    _check_augment_args(images, size, scale, ratio, jitter, blur_sigma, mean, std, p_flip=p_flip,
+                        p_jitter=p_jitter, p_gray=p_gray, p_blur=p_blur)
+    x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()  # (B,3,H,W)
+    x = batch_crop_flip(x, size=size, scale=scale, ratio=ratio, p_flip=p_flip,
+                        generator=generator)  # (B, 3, S, S)
+    x = batch_color_jitter(x, jitter=jitter, p_jitter=p_jitter, generator=generator)
+    x = batch_grayscale(x, p_gray=p_gray, generator=generator)
+    x = batch_blur(x, p_blur=p_blur, sigma=blur_sigma, kernel_size=blur_kernel_size(size),
+                   generator=generator)
+    return normalize(x, mean=mean, std=std)  # (B, 3, S, S)
+
+
+def two_views(images, *, generator=None, **augment_kwargs):
+    """Two independent views (x, y) of every image: the positive pairs (x_i, y_i) of §3."""
+    return (augment(images, generator=generator, **augment_kwargs),
+            augment(images, generator=generator, **augment_kwargs))
+
+
+def _check_augment_args(images, size, scale, ratio, jitter, blur_sigma, mean, std,
+                        **probabilities):
+    """augment's arguments in full (the batch functions check only one line each)."""
+    if images is not None and (images.ndim != 4 or images.shape[1] != 3 or not (
+            images.dtype == torch.uint8 or images.is_floating_point())):
+        raise ValueError(f'images must be (B, 3, H, W) uint8 or float in [0, 1], got '
+                         f'{tuple(images.shape)} {images.dtype}')
     if not (isinstance(size, int) and size >= 1):
         raise ValueError(f'size must be an int >= 1, got {size!r}')
     if not 0 < scale[0] <= scale[1] <= 1:
@@ -244,155 +467,8 @@ def _check_augment_args(size, scale, ratio, jitter, blur_sigma, mean, std, **pro
     for name, p in probabilities.items():
         if not 0 <= p <= 1:
             raise ValueError(f'{name} is a probability, got {p}')
-    _check_stats(mean, std)
-
-
-def _check_stats(mean, std):
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f'mean and std need 3 entries and std > 0, got {mean}, {std}')
-
-
-def _to_unit(images):
-    """uint8 -> float in [0, 1]; float images are taken to be in [0, 1] already."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f'images must be (B, 3, H, W), got {tuple(images.shape)}')
-    if images.dtype == torch.uint8:
-        return images.float() / 255
-    if not images.is_floating_point():
-        raise ValueError(f'images must be uint8 or float in [0, 1], got {images.dtype}')
-    return images.float()
-
-
-def normalize(images, *, mean, std):
-    """Evaluation path, no augmentation: (B, 3, H, W) uint8 or [0, 1] float -> normalised float."""
-    _check_stats(mean, std)
-    x = _to_unit(images)  # (B, 3, H, W)
-    return (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
-
-
-def _gray(x):
-    """Luma. The explicit weighted sum takes 0.2 ms per 512 images of 32 px on 2 cores,
-    einsum('bchw,c->bhw') 0.7 ms."""
-    r, g, b = x.unbind(1)  # (b, H, W) each
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b)[:, None]  # (b, 1, H, W)
-
-
-def _blend(x, y, f):
-    """torchvision's _blend: f * x + (1 - f) * y per sample, clamped to [0, 1]. One lerp
-    instead of four elementwise ops: 2x faster."""
-    return torch.lerp(y, x, f[:, None, None, None]).clamp_(0, 1)  # y + f (x - y)
-
-
-def _hue(x, shift):
-    """Rotate the hue by shift (fraction of the circle) through HSV, as torchvision's adjust_hue.
-
-    HSV rather than a YIQ rotation: it matches torchvision (and SimCLR's TF code) to 1e-5 and
-    never leaves the RGB gamut. Cost: ~4 ms per 512 images of 32 px on 2 CPU cores (was 7 ms:
-    x.max(1) and x.min(1), which also find indices, took 2 ms each; amax and amin 0.1 ms)."""
-    v = x.amax(1)  # (b, H, W) value
-    delta = v - x.amin(1)  # (b, H, W) chroma = saturation x value
-    r, g, b = x.unbind(1)  # (b, H, W) each
-    h = torch.where(r == v, g - b, torch.where(g == v, b - r + 2 * delta, r - g + 4 * delta))
-    h = h / delta.clamp_min(1e-8) + 6 * shift[:, None, None]  # (b, H, W) 6 x hue, rotated
-    # HSV -> RGB: channel n in (R, G, B) = (5, 3, 1) is v - chroma * clamp(min(k, 4 - k), 0, 1),
-    # k = (n + 6 hue) mod 6.
-    k = (x.new_tensor([5.0, 3.0, 1.0])[:, None, None] + h[:, None]).remainder_(6)  # (b,3,H,W)
-    return v[:, None] - delta[:, None] * torch.minimum(k, 4 - k).clamp_(0, 1)
-
-
-_JITTER_OPS = (  # brightness, contrast, saturation, hue; each takes per-sample factors (b,)
-    lambda x, f: (x * f[:, None, None, None]).clamp_(0, 1),  # _blend with black; 1.4x faster
-    lambda x, f: _blend(x, _gray(x).mean((1, 2, 3), keepdim=True), f),
-    lambda x, f: _blend(x, _gray(x), f),
-    _hue,
-)
-
-
-def blur_kernel_size(size):
-    """SimCLR's Gaussian kernel: about 10% of the image side, odd (32 -> 3, 96 -> 9, 224 -> 23)."""
-    return int(0.1 * size) // 2 * 2 + 1
-
-
-def augment(images, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
-            jitter=(0.4, 0.4, 0.4, 0.1), p_jitter=0.8, p_gray=0.2, p_blur=0.0,
-            blur_sigma=(0.1, 2.0), mean, std, generator=None):
-    """One SimCLR view of every image: (B, 3, H, W) uint8 or [0, 1] float -> (B, 3, S, S) float.
-
-    In torchvision's order and semantics: RandomResizedCrop(size, scale, ratio) with horizontal
-    flip, ColorJitter(*jitter) with probability p_jitter, RandomGrayscale(p_gray), GaussianBlur
-    (sigma ~ U(blur_sigma)) with probability p_blur, then normalisation. All randomness comes from
-    generator (on the images' device; None = global RNG), so a seeded generator reproduces a batch.
-    """
-    _check_augment_args(size, scale, ratio, jitter, blur_sigma, mean, std, p_flip=p_flip,
-                        p_jitter=p_jitter, p_gray=p_gray, p_blur=p_blur)
-    x = _to_unit(images)  # (B, 3, H, W)
-    B, _, H, W = x.shape
-
-    def rand(*shape):  # U[0, 1) on the images' device
-        return torch.rand(shape, generator=generator, device=x.device)
-
-    # RandomResizedCrop as torchvision: 10 tries of (area, aspect); the first that fits wins; if
-    # none fits, a centre crop with the aspect clamped into ratio. Boxes are continuous (no
-    # rounding to whole pixels). Bilinear without antialiasing: downscaling (e.g. 96 -> 32) aliases.
-    area = H * W * (scale[0] + (scale[1] - scale[0]) * rand(B, 10))  # (B, 10) in pixels^2
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(lo + (hi - lo) * rand(B, 10))  # (B, 10) width / height
-    w, h = (area * aspect).sqrt(), (area / aspect).sqrt()  # (B, 10) each
-    fits = (w <= W) & (h <= H)  # (B, 10)
-    first = fits.int().argmax(1, keepdim=True)  # (B, 1) first fitting try
-    r = min(max(W / H, ratio[0]), ratio[1])
-    w = torch.where(fits.any(1), w.gather(1, first)[:, 0], min(W, H * r))  # (B,)
-    h = torch.where(fits.any(1), h.gather(1, first)[:, 0], min(W, H * r) / r)  # (B,)
-    x0, y0 = (W - w) * rand(B), (H - h) * rand(B)  # (B,) each, top-left corner
-    # The sampling grid puts output pixel centre k (of S) at c_k = (2k + 1) / S - 1 of the box,
-    # in grid_sample's [-1, 1] input coordinates: x = (2 x0 + w) / W - 1 + c_k w / W, likewise
-    # y. Separable, so built by broadcasting: F.affine_grid's batched matmul took 1.7 of the
-    # 16 ms per 512 images on 2 cores. A negative x scale mirrors the box: the flip is free.
-    flip = torch.where(rand(B) < p_flip, -1.0, 1.0)  # (B,)
-    c = (2 * torch.arange(size, device=x.device) + 1) / size - 1  # (S,)
-    gx = (2 * x0 + w)[:, None] / W - 1 + (flip * w / W)[:, None] * c  # (B, S)
-    gy = (2 * y0 + h)[:, None] / H - 1 + (h / H)[:, None] * c  # (B, S)
-    grid = torch.stack([gx[:, None, :].expand(B, size, size),
-                        gy[:, :, None].expand(B, size, size)], 3)  # (B, S, S, 2)
-    x = F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
-
-    # ColorJitter: per-sample factors and, as torchvision, a per-sample random order of the four
-    # operations; step t applies to each sample the op order[:, t] names, on that subset only
-    # (16 small indexed ops; on CUDA each nonzero() is a host sync, cheap next to the encoder).
-    f_lo = x.new_tensor([max(0, 1 - j) for j in jitter[:3]] + [-jitter[3]])  # (4,)
-    f_hi = x.new_tensor([1 + j for j in jitter[:3]] + [jitter[3]])  # (4,)
-    f = f_lo + (f_hi - f_lo) * rand(B, 4)  # (B, 4)
-    order = rand(B, 4).argsort(1)  # (B, 4) a permutation of the 4 ops per sample
-    on = rand(B) < p_jitter  # (B,)
-    for t in range(4):
-        for k, op in enumerate(_JITTER_OPS):
-            i = (on & (order[:, t] == k)).nonzero().squeeze(1)  # (b,) samples doing op k now
-            x[i] = op(x[i], f[i, k])
-
-    # only the ~p_gray B chosen samples are converted: 0.2 ms per 512 images on 2 cores, where a
-    # torch.where over the whole batch took 1.1 ms
-    i = (rand(B) < p_gray).nonzero().squeeze(1)  # (b,) samples turned gray
-    x[i] = _gray(x[i]).expand(-1, 3, -1, -1)
-
-    if p_blur > 0:  # separable Gaussian, one kernel per sample, via grouped convolution
-        K = blur_kernel_size(size)
-        sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * rand(B)  # (B,)
-        t = torch.arange(K, device=x.device) - K // 2  # (K,) taps
-        kern = torch.exp(-t**2 / (2 * sigma[:, None] ** 2))  # (B, K)
-        kern = kern / kern.sum(1, keepdim=True)
-        kern = torch.where((rand(B) < p_blur)[:, None], kern, (t == 0).float())  # (B, K) off: delta
-        kern = kern.repeat_interleave(3, 0)  # (3B, K) same kernel for the 3 channels
-        y = F.pad(x.reshape(1, 3 * B, size, size), [K // 2] * 4, mode='reflect')  # (1, 3B, ., .)
-        y = F.conv2d(y, kern[:, None, :, None], groups=3 * B)  # (1, 3B, S, S + K - 1) vertical
-        y = F.conv2d(y, kern[:, None, None, :], groups=3 * B)  # (1, 3B, S, S) horizontal
-        x = y.view(B, 3, size, size)
-    return normalize(x.clamp(0, 1), mean=mean, std=std)  # (B, 3, S, S)
-
-
-def two_views(images, *, generator=None, **augment_kwargs):
-    """Two independent views (x, y) of every image: the positive pairs (x_i, y_i) of §3."""
-    return (augment(images, generator=generator, **augment_kwargs),
-            augment(images, generator=generator, **augment_kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,8 +520,9 @@ def imagefolder_two_view_transform(*, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 /
                                    p_gray=0.2, p_blur=0.0, blur_sigma=(0.1, 2.0), mean, std):
     """`augment` as a torchvision PIL pipeline, same keywords and defaults (pass
     **AUGMENT_PRESETS['imagenet']): one view, PIL image -> (3, S, S) float. ImageFolderPairs draws
-    it twice. Unlike `augment`, crops are whole pixels and downscaling is antialiased."""
-    _check_augment_args(size, scale, ratio, jitter, blur_sigma, mean, std, p_flip=p_flip,
+    it twice. Unlike `augment`, it antialiases when downscaling and rounds colours to 8 bits
+    after each operation (the module docstring says by how much)."""
+    _check_augment_args(None, size, scale, ratio, jitter, blur_sigma, mean, std, p_flip=p_flip,
                         p_jitter=p_jitter, p_gray=p_gray, p_blur=p_blur)
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, ratio=ratio),
@@ -469,6 +546,7 @@ def imagefolder_images(folder, indices, size):
 
 def imagefolder_eval_transform(size, mean, std):
     """Evaluation: resize the short side to size * 8/7 (256 for 224), centre crop, normalise."""
-    _check_stats(mean, std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f'mean and std need 3 entries and std > 0, got {mean}, {std}')
     return T.Compose([T.Resize(round(size * 8 / 7)), T.CenterCrop(size), T.ToTensor(),
                       T.Normalize(mean, std)])
