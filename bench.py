@@ -3,7 +3,7 @@ in one run, with the target it must meet, and a final table of PASS / FAIL. The 
 when every target passes and 1 otherwise; a row that cannot run here (the GPU rows without a
 GPU) says "skipped" and does not count.
 
-    python bench.py                         # CPU figures: ~2 min on 2 idle cores
+    python bench.py                         # CPU figures: a few minutes on 2 idle cores
     python bench.py --device cuda --compile # GPU figures (a few minutes, most of it compiling)
     python bench.py --quick                 # tiny sizes, ~30 s: the smoke test of tests/
 
@@ -619,6 +619,7 @@ def bench_busy_cpu(args, device, table):
                 loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 print(f"busy-looping process {loop.pid} started")
                 time.sleep(0.5)  # its interpreter starts and spins
+            print(f"{condition}: load average (1 min) {os.getloadavg()[0]:.2f}")
             torch.set_num_threads(cores)  # choose_threads tries every core, one fewer, one
             chosen[condition] = train.choose_threads(model, batch=m, size=32, bf16=bf16,
                                                      device=device)
