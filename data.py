@@ -28,7 +28,7 @@ images; tests/test_data.py checks the first two points):
   torchvision's with the same seed.
 - Same pixels for the same parameters, up to float32 rounding, as torchvision's tensor ops: crop
   and flip as resized_crop(antialias=False), at most 1e-7 apart at 32 px and 7e-6 at 96 px;
-  brightness, contrast, saturation and hue as adjust_*, at most 8e-7; blur at most 5e-7.
+  brightness, contrast, saturation and hue as adjust_*, at most 9e-7; blur at most 5e-7.
 - The box sides are rounded in float32, torchvision's in float64: about 2 draws in a million get
   a side one pixel different.
 - No antialiasing: a box larger than the output (STL-10's 96 px trained at --image-size 32) is
@@ -344,35 +344,38 @@ def batch_color_jitter(x, *, jitter=(0.4, 0.4, 0.4, 0.1), p_jitter=0.8, generato
     hue_at = (4 * u[:, 5]).long()  # (B,)
     order = torch.rand(B, 3, generator=generator, device=x.device).argsort(1)  # (B, 3)
 
-    x = x.clone()  # worked on in place below: fresh (B, 3, H, W) buffers cost as much as the math
+    # A fresh (B, 3, H, W) or (B, H, W) buffer costs about as much as the arithmetic on it (page
+    # faults), so the steps work in place: on one copy of x and two planes reused.
+    x = x.clone()
+    luma, k = torch.empty_like(x[:, 0]), torch.empty_like(x[:, 0])  # (B, H, W) each
     for step in range(6):
         if step == 3 and jitter[3] > 0:  # hue rotation through HSV, as torchvision's adjust_hue
             r, g, b = x.unbind(1)  # (B, H, W) each
             v = x.amax(1)  # (B, H, W) value
-            chroma = v - x.amin(1)  # (B, H, W) max - min
+            chroma = x.amin(1).neg_().add_(v)  # (B, H, W) max - min
             # 6 x hue = (g - b) / chroma if r is the max, else 2 + (b - r) / chroma if g is, else
-            # 4 + (r - g) / chroma. Picked by lerp with weights sign(v - r), sign(v - g): 0 at
-            # the max, else 1, and lerp is exact at 0 and 1; torch.where over a bool mask is
-            # several times slower on a CPU.
-            h = torch.lerp(torch.add(b - r, chroma, alpha=2), torch.add(r - g, chroma, alpha=4),
-                           (v - g).sign())  # (B, H, W) g or b is the max
-            h = torch.lerp(g - b, h, (v - r).sign())  # (B, H, W) numerator of 6 x hue
-            h = (h / chroma.clamp_min(1e-8) + 6 * shift[:, None, None]) % 6  # (B, H, W) 6 x hue
-            # HSV -> RGB: channel n is v - chroma clamp(||6 hue - c_n| - 3| - 1, 0, 1) with
-            # c = (3, 5, 7): torchvision's piecewise-linear table, written as distances
-            k = h[:, None] - torch.arange(3, 8, 2, device=x.device)[:, None, None]  # (B, 3, H, W)
-            rotated = torch.addcmul(v[:, None], chroma[:, None],
-                                    k.abs_().sub_(3).abs_().sub_(1).clamp_(0, 1), value=-1)
-            x = rotated.lerp_(x, (~on).float()[:, None, None, None])  # jitter off: x, exactly
+            # 4 + (r - g) / chroma. Picked by lerp with weights sign(v - g), sign(v - r): 0 at
+            # the max, else 1 (lerp is exact at 0 and 1; torch.where over a bool mask is several
+            # times slower on a CPU).
+            h = (b - r).add_(chroma, alpha=2).lerp_((r - g).add_(chroma, alpha=4), (v - g).sign_())
+            h = (g - b).lerp_(h, (v - r).sign_())  # (B, H, W) numerator of 6 x hue
+            h.div_(chroma.clamp_min(1e-8)).add_(6 * shift[:, None, None])  # (B, H, W) in [-4, 8]
+            # HSV -> RGB: channel n is v - chroma clamp(2 - d_n, 0, 1), d_n the distance from
+            # k_n = 6 hue - (3, 5, 7)_n to the nearest multiple of 6; for |k| <= 12 that is
+            # d = 3 - |||k| - 6| - 3|. torchvision's piecewise-linear table, without a modulo.
+            for n in range(3):  # channel by channel, into x: v, chroma and h hold what it needs
+                torch.sub(h, 3 + 2 * n, out=k).abs_().sub_(6).abs_().sub_(3).abs_().sub_(1)
+                torch.addcmul(v, chroma, k.clamp_(0, 1), value=-1, out=k)  # (B, H, W) channel n
+                x[:, n].lerp_(k, on.float()[:, None, None])  # jitter off: x, exactly
         op = order[:, step % 3]  # (B,) 0 brightness, 1 contrast, 2 saturation
         turn = on & ((step % 3 < hue_at) if step < 3 else (step % 3 >= hue_at))  # (B,)
         w = torch.where(turn, 1 - f.gather(1, op[:, None])[:, 0], 0.0)[:, None, None, None]
-        luma = (x[:, 0] * 0.2989).add_(x[:, 1], alpha=0.587).add_(x[:, 2], alpha=0.114)
-        luma = luma[:, None]  # (B, 1, H, W) ITU-R 601, torchvision's rgb_to_grayscale weights
-        mean = luma.mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-        target = luma.mul_((op == 2).float()[:, None, None, None]).add_(
-            (op == 1).float()[:, None, None, None] * mean)  # (B, 1, H, W); 0 for brightness
-        x.lerp_(target, w).clamp_(0, 1)  # (1 - w) x + w target, exactly x where w = 0
+        # ITU-R 601 luma, torchvision's rgb_to_grayscale weights
+        torch.mul(x[:, 0], 0.2989, out=luma).add_(x[:, 1], alpha=0.587).add_(x[:, 2], alpha=0.114)
+        mean = luma.mean((1, 2), keepdim=True)  # (B, 1, 1)
+        target = luma.mul_((op == 2).float()[:, None, None]).add_(
+            (op == 1).float()[:, None, None] * mean)  # (B, H, W); 0 for brightness
+        x.lerp_(target[:, None], w).clamp_(0, 1)  # (1 - w) x + w target, exactly x where w = 0
     return x
 
 
@@ -414,7 +417,9 @@ def normalize(x, *, mean, std):
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f'mean and std need 3 entries and std > 0, got {mean}, {std}')
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()  # (B, 3, H, W)
-    return torch.stack([x[:, c].sub(mean[c]).div_(std[c]) for c in range(3)], 1)  # (B, 3, H, W)
+    mean, std = [torch.stack([torch.full((1, 1), a, device=x.device) for a in stat])
+                 for stat in (mean, std)]  # (3, 1, 1) each, filled on the device: no copy
+    return x.sub(mean).div_(std)  # (B, 3, H, W)
 
 
 def augment(images, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5,
@@ -442,6 +447,8 @@ def augment(images, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), p_flip=0.5
 
 def two_views(images, *, generator=None, **augment_kwargs):
     """Two independent views (x, y) of every image: the positive pairs (x_i, y_i) of §3."""
+    if images.dtype == torch.uint8:  # converted once for both views
+        images = images.float().div_(255)  # (B, 3, H, W)
     return (augment(images, generator=generator, **augment_kwargs),
             augment(images, generator=generator, **augment_kwargs))
 
