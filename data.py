@@ -210,8 +210,8 @@ def load_dataset(name, *, data_dir, train, download=False, seed=0, n_shapes=None
         n = n_shapes if n_shapes is not None else (5000 if train else 1000)
         return (*make_shapes(n, seed=2 * seed + (0 if train else 1)), len(SHAPE_CLASSES))
     if name not in DATASETS or name == 'imagefolder':
-        raise ValueError(f'unknown dataset {name!r}; choose from {DATASETS[:-1]} (an imagefolder '
-                         f'tree streams through ImageFolderPairs)')
+        raise ValueError(f'load_dataset reads {[d for d in DATASETS if d != "imagefolder"]}, got '
+                         f'{name!r} (an imagefolder tree streams through ImageFolderPairs)')
     root = Path(data_dir)
     if name in _CIFAR:
         sub, train_files, test_files, label_key, classes, tv_class = _CIFAR[name]
