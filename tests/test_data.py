@@ -177,7 +177,7 @@ def test_batch_functions_paste_alone(fn):
     x = torch.rand(16, 3, 32, 32, generator=seeded(0))
     expected = fn(x, generator=seeded(1), **BATCH_FUNCTIONS[fn])
     assert torch.equal(paste_alone(fn)(x, generator=seeded(1), **BATCH_FUNCTIONS[fn]), expected)
-    assert expected.shape[2:] != x.shape[2:] or not torch.equal(expected, x)
+    assert expected.shape[2:] != x.shape[2:] or not torch.equal(expected, x)  # it did something
 
 
 def test_normalize_pastes_alone_and_takes_uint8_or_float():
@@ -296,9 +296,10 @@ def test_augment_identity_flip_and_gray():
     gray = unnormalize(data.augment(x, size=32, **IDENTITY | dict(p_gray=1.0), **STATS))
     expected = TF.rgb_to_grayscale(x.float() / 255)  # (4, 1, 32, 32)
     assert torch.allclose(gray, expected.expand(-1, 3, -1, -1), atol=1e-5)
-    # all four jitter ops at factor 1 / hue shift 0 (an HSV round trip) leave the image alone
-    still = data.augment(x, size=32, **IDENTITY | dict(p_jitter=1.0, jitter=(0, 0, 0, 0)), **STATS)
-    assert torch.allclose(still, ref, atol=1e-4)
+    # factors 1 and a hue shift of 0 (an HSV round trip) leave the image alone
+    still = data.augment(x, size=32, **IDENTITY | dict(p_jitter=1.0, jitter=(0, 0, 0, 1e-9)),
+                         **STATS)
+    assert torch.allclose(still, ref, atol=1e-5)
 
 
 # Crops. A probe image holds each pixel's own coordinates, so the output tells every crop box:
@@ -421,7 +422,7 @@ def test_jitter_factors_are_distributed_as_torchvision():
     # A gray image shows the brightness factor alone (contrast, saturation and hue leave gray
     # alone); a two-tone gray image shows the contrast factor; a coloured one saturation and hue.
     # On the right code the largest distance is 0.03 (two-sample noise at these sizes: 0.035
-    # at 1%); factors drawn only <= 1, or hue shifts only >= 0, give 0.2 or more.
+    # at 1%); factors drawn only <= 1, or hue shifts only >= 0, give 0.35 or more.
     gray = torch.full((3, 2, 2), 0.5)  # (3, 2, 2) images, square: the crop keeps them whole
     two_tone = torch.tensor([0.3, 0.7]).expand(3, 2, 2).clone()
     colour = torch.tensor([0.7, 0.4, 0.2])[:, None, None].expand(3, 2, 2).clone()
