@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py, alone or under torchrun: the parameter gradients of the
-third of three SGD steps on a fixed global batch (float64), saved by rank 0 to argv[1]."""
+third of three SGD steps of train.contrastive_step on a fixed global batch (float64), saved by
+rank 0 to argv[1]."""
 import os
 import sys
 
@@ -28,17 +29,19 @@ if world > 1:
 lo, hi = rank * 16 // world, (rank + 1) * 16 // world
 loss_fn = train.make_loss("simclr", temperature=0.2, siglip_t=10.0, siglip_b=10.0,
                           within_view=False)
-base, vrns, u, v = train.embed_and_loss(net, x[lo:hi], y[lo:hi], loss_fn=loss_fn, n=100,
-                                        vrns_weight=30.0, bf16=False)
-assert u.shape == (16, 128), u.shape  # the loss saw the global batch
+seen = []  # the batch size m that the loss sees
+
+
+def recording_loss(u, v):
+    seen.append(u.shape)
+    return loss_fn(u, v)
+
+
 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 for step in range(3):
-    if step:
-        opt.step()
-        opt.zero_grad()
-        base, vrns, u, v = train.embed_and_loss(net, x[lo:hi], y[lo:hi], loss_fn=loss_fn, n=100,
-                                                vrns_weight=30.0, bf16=False)
-    (base + 30.0 * vrns).backward()
+    train.contrastive_step(net, opt, x[lo:hi], y[lo:hi], loss_fn=recording_loss, n=100, lam=30.0,
+                           bf16=False)
+assert seen == [(16, 128)] * 3, seen  # the loss saw the global batch
 if rank == 0:
     torch.save({name: p.grad for name, p in model.named_parameters()}, sys.argv[1])
 if world > 1:
