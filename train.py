@@ -26,6 +26,7 @@ Shape legend: m = pairs per (global) batch, d = embedding dim, n = training-set 
 B = images on this process (m / processes), S = crop side.
 """
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -57,7 +58,7 @@ def contrastive_step(net, optimizer, x, y, *, loss_fn, n, lam, bf16):
     """One training step on this process's views x, y (B, 3, S, S). Returns the STEP_STATS of
     the global batch as a (5,) tensor on the device: nothing here waits for the GPU."""
     xy = torch.cat([x, y])  # (2B, 3, S, S)
-    with torch.autocast(xy.device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(xy.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
         _, z = net(xy)  # (2B, d) projector outputs
     u, v = z.float().chunk(2)  # (B, d) each; the losses run in float32
     u, v = gather_with_grad(u), gather_with_grad(v)  # (m, d) each: the global batch

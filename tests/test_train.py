@@ -7,7 +7,10 @@ import sys
 
 import pytest
 import torch
+from syncs import count_syncs
 
+import data
+import models
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,3 +265,34 @@ def test_resume_on_another_device_type(tmp_path):
     assert "resuming a cuda run on cpu" in r.stderr and "reproducible" in r.stderr
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 2
     assert json.loads((tmp_path / "summary.json").read_text())["n_train"] == 256
+
+
+def test_a_training_step_makes_no_host_syncs():
+    """Between logging steps the CPU never waits for the GPU: drawing the views, the forward
+    pass, loss + L_VRNS, backward, AdamW, the batch statistics and the non-finite check queue
+    work without reading a value back or copying a constant over (counted on meta tensors)."""
+    model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
+    source = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    batches = data.batch_order(64, 16, epoch=0, seed=0, fixed=False)  # (4, 16)
+    loss_fn = train.make_loss("simclr", temperature=0.5, siglip_t=10.0, siglip_b=10.0,
+                              within_view=False)
+
+    def two_steps(model, source, batches, generator):
+        device = source.device
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        first_bad = torch.full((), -1, device=device)
+        sums = torch.zeros(len(train.STEP_STATS), device=device)
+        views = train.epoch_views(source, batches, rows=(0, 16), generator=generator, seed=0,
+                                  aug=data.augment_kwargs("shapes"), first_step=0, workers=0,
+                                  device=device)
+        for step, (x, y) in zip(range(2), views):
+            optimizer.param_groups[0]["lr"] = train.lr_at(step, total_steps=8, warmup_steps=2,
+                                                          peak_lr=1e-3)
+            now = train.contrastive_step(model, optimizer, x, y, loss_fn=loss_fn, n=64,
+                                         lam=1.0, bf16=False)
+            first_bad = torch.where((first_bad < 0) & ~now.isfinite().all(), step, first_bad)
+            sums += now
+
+    counts = count_syncs(two_steps, model, source, batches, torch.Generator().manual_seed(0),
+                         fake_device="meta")
+    assert not counts, counts
