@@ -245,7 +245,7 @@ def get_parser():
     a("--loss", default="simclr", choices=list(LOSSES), help="negatives (c1 cross-view, c2 "
       "within-view) of each: " + "; ".join(f"{k} {v}" for k, v in LOSSES.items()))
     a("--within-view", action="store_true", help="siglip/spectral only: add within-view "
-      "negatives (c2 = 1), the paper's fix for excessive separation (Thm 5.1)")
+      "negatives (c2 = 1), the paper's fix for excessive separation (Thm 5.3)")
     a("--temperature", type=float, default=0.5, help="tau of infonce/simclr/dcl/dhel; the paper "
       "sweeps 0.1-0.5 (0.2 for CIFAR-100 SimCLR)")
     a("--siglip-t", type=float, default=10.0, help="SigLIP scale t")
