@@ -94,16 +94,18 @@ def summarize(groups):
 
 
 def markdown(rows):
-    head = ("| loss | m | λ | seeds | linear % | kNN % | gain (linear, vs λ = 0) | E[s_pos] | "
-            "E[s_neg] | Var[s_neg] | wall s |")
-    lines = [head, "|" + "---|" * 11]
+    """The report as a markdown table; a ± std only where there are several seeds."""
+    lines = ["| loss | m | λ | seeds | linear % | kNN % | gain (linear, vs λ = 0) | E[s_pos] | "
+             "E[s_neg] | Var[s_neg] | wall s |", "|" + "---|" * 11]
     for r in rows:
-        gain = "{:+.1f} ± {:.1f}".format(*r["gain"]) if "gain" in r else "-"
-        lines.append(
-            f"| {r['loss']} | {r['m']} | {r['lam']:g} | {','.join(map(str, r['seeds']))} | "
-            "{:.1f} ± {:.1f} | {:.1f} ± {:.1f} | ".format(*r["linear"], *r["knn"]) + gain +
-            " | {:.3f} | {:.4f} | {:.4f} ± {:.4f} | {:.0f} |".format(
-                r["pos_mean"][0], r["neg_mean"][0], *r["neg_var"], r["wall"][0]))
+        def pm(pair, fmt):
+            return format(pair[0], fmt) + (" ± " + format(pair[1], fmt.lstrip("+"))
+                                           if len(r["seeds"]) > 1 else "")
+        gain = pm(r["gain"], "+.1f") if "gain" in r else "-"
+        lines.append(f"| {r['loss']} | {r['m']} | {r['lam']:g} | "
+                     f"{','.join(map(str, r['seeds']))} | {pm(r['linear'], '.1f')} | "
+                     f"{pm(r['knn'], '.1f')} | {gain} | {r['pos_mean'][0]:.3f} | "
+                     f"{r['neg_mean'][0]:.4f} | {pm(r['neg_var'], '.4f')} | {r['wall'][0]:.0f} |")
     return "\n".join(lines)
 
 
