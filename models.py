@@ -9,7 +9,7 @@ layer1..layer4, so torchvision and solo-learn state dicts load) and its init. Tw
 
     stem        first layers                          use
     'cifar'     3x3 conv stride 1, no max-pool        the paper's CIFAR encoder, 32 px stays 32
-    'cifar_s2'  3x3 conv stride 2, no max-pool        CPU demos: 6-11x faster on 2 cores
+    'cifar_s2'  3x3 conv stride 2, no max-pool        CPU demos: 4x fewer FLOPs, 16 px after it
     'imagenet'  7x7 conv stride 2, 3x3 max-pool s2    ImageNet-100, STL-10 (the paper's ResNet-50)
 
 Shapes: B images, C = 3 channels, S image side, D_h encoder feature dim (8 * width * expansion:

@@ -362,7 +362,8 @@ def choose_threads(model, *, batch, size, bf16, device):
     """--threads 0 on a CPU: time a few training passes of a copy of the model with every core,
     one core fewer, and one thread, and keep the fastest (about a second). Each op of a small
     model is a parallel region whose threads must all arrive; when another program holds a
-    core, the descheduled thread stalls every region, and one thread is up to 10x faster."""
+    core, the descheduled thread stalls every region, and one thread can be several times
+    faster (python bench.py measures it)."""
     cores = torch.get_num_threads()
     if device.type != "cpu" or cores == 1:
         return cores
