@@ -115,6 +115,7 @@ def plot(rows, plot_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ms_all = sorted({r["m"] for r in rows})
     for loss, lam in sorted({(r["loss"], r["lam"]) for r in rows}):
         line = sorted((r for r in rows if (r["loss"], r["lam"]) == (loss, lam)),
                       key=lambda r: r["m"])
@@ -125,6 +126,7 @@ def plot(rows, plot_dir):
                         marker="o", capsize=3, label=label)
     for ax, ylabel in zip(axes, ("Var[s_neg] (Table 1 protocol)", "linear probe top-1 (%)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ms_all, [str(m) for m in ms_all])  # the batch sizes, not powers of 2
         ax.set_xlabel("batch size m")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
