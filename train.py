@@ -140,6 +140,9 @@ def train(args, stop, resumed=None):
     log.header(n=n, m=m, world=world, device=device, bf16=bf16, steps=steps_per_epoch,
                lr=peak_lr, warmup=warmup_steps, predicted=predicted)
 
+    def schedule(s):  # the learning rate of step s
+        return lr_at(s, total_steps=total_steps, warmup_steps=warmup_steps, peak_lr=peak_lr)
+
     first_bad = torch.full((), -1, device=device)  # first step with a non-finite loss, or -1
     augment_gen = torch.Generator(device=device)
     lo, hi = rank * m // world, (rank + 1) * m // world  # this process's rows of each batch
@@ -152,7 +155,7 @@ def train(args, stop, resumed=None):
         for x, y in epoch_views(source, batches[step % steps_per_epoch:], rows=(lo, hi),
                                 aug=aug, generator=augment_gen, seed=args.seed, first_step=step,
                                 workers=args.workers, device=device):  # (B, 3, S, S) each
-            lr = lr_at(step, total_steps=total_steps, warmup_steps=warmup_steps, peak_lr=peak_lr)
+            lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             now = contrastive_step(net, optimizer, x, y, loss_fn=loss_fn, n=n,
@@ -161,17 +164,16 @@ def train(args, stop, resumed=None):
             sums += now
             step += 1
             end_of_epoch = step % steps_per_epoch == 0
-            if step % args.log_every == 0 or end_of_epoch:  # reading numbers waits for the GPU
-                log.stop_if_non_finite(first_bad, lr_of=lambda s: lr_at(
-                    s, total_steps=total_steps, warmup_steps=warmup_steps, peak_lr=peak_lr))
+            log_step = step % args.log_every == 0 or end_of_epoch
+            if log_step:  # reading numbers waits for the GPU
+                log.stop_if_non_finite(first_bad, lr_of=schedule)
                 rate = (step - start_step) * m / (time.time() - start_time)
                 log.progress(epoch, step, total_steps, dict(zip(STEP_STATS, now.tolist())), lr,
                              rate)
-            stopping = stop_requested(stop, world, device,
-                                      synced=step % args.log_every == 0 or end_of_epoch)
+            stopping = stop_requested(stop, world, device, synced=log_step)
             if (stopping or args.ckpt_every and step % args.ckpt_every == 0) and \
                     not end_of_epoch:  # mid-epoch: the epoch's sums go into the checkpoint
-                log.stop_if_non_finite(first_bad, lr_of=lambda s: lr)
+                log.stop_if_non_finite(first_bad, lr_of=schedule)
                 log.checkpoint(step, epoch, sums, model, optimizer, device)
             if stopping and not end_of_epoch:
                 leave_on_signal(step, args.out_dir, rank == 0)
@@ -213,7 +215,7 @@ def finish(args, model, log, *, n, m, device, world, train_wall, launched):
         "cpu": cpu_name(), "versions": {"python": platform.python_version(),
                                         "torch": torch.__version__},
         "theory_rows": theory.compare_with_theory(summary["table1_stats"], n, m)})
-    log.finish(summary, model)
+    log.finish(summary)
     print(theory.format_table(summary["theory_rows"]))
     print(f"linear probe {summary['linear_acc']:.2f}% (random-init encoder "
           f"{baseline['linear_acc']:.2f}%), kNN {summary['knn_acc']:.2f}%; pre-training "
@@ -512,11 +514,11 @@ class RunLog:
               f"{tracked['pos_mean']:.3f}, neg {tracked['neg_mean']:.4f} (theory "
               f"{predicted['neg_optimum']:.4f}), Var[neg] {tracked['neg_var']:.4f}", flush=True)
 
-    def checkpoint(self, step, epochs_logged, sums, model, optimizer, device, finished=False):
+    def checkpoint(self, step, epochs_logged, sums, model, optimizer, device):
         if self.is_main:
             atomic_save({"format": evaluation.CKPT_FORMAT, "args": vars(self.args), "step": step,
                          "epochs_logged": epochs_logged, "sums": sums.cpu(),
-                         "finished": finished, "device": device.type,
+                         "finished": False, "device": device.type,
                          "model": model.state_dict(), "optimizer": optimizer.state_dict()},
                         self.ckpt)
 
@@ -533,7 +535,8 @@ class RunLog:
         leave_processes()
         sys.exit(1)
 
-    def finish(self, summary, model):
+    def finish(self, summary):
+        """summary.json, then the checkpoint marked finished (--resume refuses to rerun it)."""
         with open(os.path.join(self.args.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         ckpt = torch.load(self.ckpt, map_location="cpu", weights_only=True)
