@@ -93,19 +93,24 @@ def summarize(groups):
     return rows
 
 
+def plus_minus(pair, fmt, several):
+    """(mean, std) -> "mean ± std" in fmt, or just the mean for a single seed."""
+    return format(pair[0], fmt) + (" ± " + format(pair[1], fmt.lstrip("+")) if several else "")
+
+
 def markdown(rows):
     """The report as a markdown table; a ± std only where there are several seeds."""
     lines = ["| loss | m | λ | seeds | linear % | kNN % | gain (linear, vs λ = 0) | E[s_pos] | "
              "E[s_neg] | Var[s_neg] | wall s |", "|" + "---|" * 11]
     for r in rows:
-        def pm(pair, fmt):
-            return format(pair[0], fmt) + (" ± " + format(pair[1], fmt.lstrip("+"))
-                                           if len(r["seeds"]) > 1 else "")
-        gain = pm(r["gain"], "+.1f") if "gain" in r else "-"
+        several = len(r["seeds"]) > 1
+        gain = plus_minus(r["gain"], "+.1f", several) if "gain" in r else "-"
         lines.append(f"| {r['loss']} | {r['m']} | {r['lam']:g} | "
-                     f"{','.join(map(str, r['seeds']))} | {pm(r['linear'], '.1f')} | "
-                     f"{pm(r['knn'], '.1f')} | {gain} | {r['pos_mean'][0]:.3f} | "
-                     f"{r['neg_mean'][0]:.4f} | {pm(r['neg_var'], '.4f')} | {r['wall'][0]:.0f} |")
+                     f"{','.join(map(str, r['seeds']))} | "
+                     f"{plus_minus(r['linear'], '.1f', several)} | "
+                     f"{plus_minus(r['knn'], '.1f', several)} | {gain} | "
+                     f"{r['pos_mean'][0]:.3f} | {r['neg_mean'][0]:.4f} | "
+                     f"{plus_minus(r['neg_var'], '.4f', several)} | {r['wall'][0]:.0f} |")
     return "\n".join(lines)
 
 
