@@ -26,7 +26,6 @@ Shape legend: m = pairs per (global) batch, d = embedding dim, n = training-set 
 B = images on this process (m / processes), S = crop side.
 """
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -39,6 +38,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import data
 import eval as evaluation
@@ -54,22 +54,41 @@ DEFAULT_LR = {"sgd": 0.3, "adamw": 4e-3}  # per 256 images (the paper: SGD 0.3 o
 STEP_STATS = ("loss", "vrns", "pos_mean", "neg_mean", "neg_var")  # summed every step
 
 
-def contrastive_step(net, optimizer, x, y, *, loss_fn, n, lam, bf16):
-    """One training step on this process's views x, y (B, 3, S, S). Returns the STEP_STATS of
-    the global batch as a (5,) tensor on the device: nothing here waits for the GPU."""
-    xy = torch.cat([x, y])  # (2B, 3, S, S)
-    with torch.autocast(xy.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
-        _, z = net(xy)  # (2B, d) projector outputs
-    u, v = z.float().chunk(2)  # (B, d) each; the losses run in float32
-    u, v = gather_with_grad(u), gather_with_grad(v)  # (m, d) each: the global batch
+def contrastive_step(net, optimizer, x, y, *, loss_fn, vrns_fn, n, lam, bf16=False,
+                     gather=None):
+    """One training step of the paper on this process's views x, y (B, 3, S, S), row i of each
+    the two views of image i. Pastes alone into another project:
+
+      net        a module returning (h, z): encoder features and projector output (B, d)
+      loss_fn    (u, v) -> scalar loss of the (m, d) projector outputs, e.g. a loss of
+                 losses.py with its temperature bound
+      vrns_fn    (u, v, n) -> L_VRNS of Def. 5.7 (losses.vrns_loss), logged even at lam = 0
+      n, lam     training-set size (the -1/(n-1) target of L_VRNS) and the weight of L_VRNS
+      bf16       bf16 autocast for the network; the losses run in float32
+      gather     (B, d) -> (m, d) with gradients when several processes share the batch
+
+    Returns a (5,) tensor on the device: loss, L_VRNS, and E[s_pos], E[s_neg], Var[s_neg] of
+    the global batch's m positive and m(m-1) cross-view negative pairs (Def. 4.1). Nothing here
+    reads a value back, so on a GPU the CPU never waits for it."""
+    xy = torch.cat([x, y]).contiguous(memory_format=torch.channels_last)  # (2B, 3, S, S)
+    # a disabled CPU autocast when bf16 is off: it does nothing on any device (even meta)
+    with torch.autocast(xy.device.type if bf16 else "cpu", torch.bfloat16, enabled=bf16):
+        _, z = net(xy)  # (2B, d)
+    u, v = z.float().chunk(2)  # (B, d) each
+    if gather is not None:
+        u, v = gather(u), gather(v)  # (m, d) each: the global batch
     loss = loss_fn(u, v)
-    vrns = losses.vrns_loss(u, v, n)  # computed even at lam = 0: the paper's diagnostic
+    vrns = vrns_fn(u, v, n)
     optimizer.zero_grad(set_to_none=True)
     (loss + lam * vrns).backward()
     optimizer.step()
-    s = evaluation.similarity_stats(u.detach(), v.detach())  # Def. 4.1 over the batch's pairs
-    return torch.stack([loss.detach(), vrns.detach(),
-                        *(s[k].float() for k in ("pos_mean", "neg_mean", "neg_var"))])
+    with torch.no_grad():  # Def. 4.1 over the batch: s_ij = u_i^T v_j of the normalised u, v
+        S = F.normalize(u, dim=1) @ F.normalize(v, dim=1).T  # (m, m)
+        pairs = len(S) * (len(S) - 1)  # ordered negatives i != j
+        pos = S.diagonal()  # (m,) s_ii
+        neg_mean = (S.sum() - pos.sum()) / pairs
+        neg_var = ((S ** 2).sum() - (pos ** 2).sum()) / pairs - neg_mean ** 2
+    return torch.stack([loss.detach(), vrns.detach(), pos.mean(), neg_mean, neg_var])
 
 
 def make_loss(name, *, temperature, siglip_t, siglip_b, within_view):
@@ -97,17 +116,18 @@ def train(args, stop, resumed=None):
     `stop` is set by the signal handler of main(); `resumed` is the checkpoint to continue."""
     launched = time.time()
     device, rank, world = start_processes(args, resumed)
-    bf16 = use_bf16(args.precision, device)
     source, n = training_images(args, device)  # (n, 3, H, W) uint8 on device, or a folder
     m, aug = args.batch_size, data.augment_kwargs(args.dataset, args.image_size)
     tracked = tracked_images(source, n, args.track_size, seed=args.seed, size=aug["size"])
 
     torch.manual_seed(args.seed)  # the initial weights
-    model = models.ContrastiveModel(args.arch, width=args.width, stem=args.stem).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    args.threads = args.threads or choose_threads(model, batch=m // world, size=aug["size"],
-                                                  bf16=bf16, device=device)
+    model = models.ContrastiveModel(args.arch, width=args.width, stem=args.stem)
+    # channels_last (NHWC): oneDNN's and cuDNN's fast convolutions; bench.py measures it
+    model = model.to(device, memory_format=torch.channels_last)
+    args.threads, args.precision = choose_speed(model, batch=m // world, size=aug["size"],
+                                                threads=args.threads,
+                                                precision=args.precision, device=device)
+    bf16 = args.precision == "bf16"
     torch.set_num_threads(args.threads)
     peak_lr = (args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]) * m / 256
     if args.optimizer == "sgd":
@@ -124,8 +144,9 @@ def train(args, stop, resumed=None):
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         step, sums = resumed["step"], resumed["sums"].to(device)
-    net = model
-    if world > 1:  # BatchNorm over the global batch; gradients averaged over processes
+    net, gather = model, None
+    if world > 1:  # BatchNorm and the loss over the global batch; gradients averaged
+        gather = GatherWithGrad.apply
         net = torch.nn.parallel.DistributedDataParallel(
             global_batchnorm(model), device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
@@ -158,8 +179,9 @@ def train(args, stop, resumed=None):
             lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            now = contrastive_step(net, optimizer, x, y, loss_fn=loss_fn, n=n,
-                                   lam=args.vrns_weight, bf16=bf16)  # (5,)
+            now = contrastive_step(net, optimizer, x, y, loss_fn=loss_fn,
+                                   vrns_fn=losses.vrns_loss, n=n, lam=args.vrns_weight,
+                                   bf16=bf16, gather=gather)  # (5,)
             first_bad = torch.where((first_bad < 0) & ~now.isfinite().all(), step, first_bad)
             sums += now
             step += 1
@@ -271,8 +293,9 @@ def get_parser():
       "dataset: --data-seed)")
     a("--device", default="auto", help="auto = cuda, then mps, then cpu")
     a("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-      help="bf16 autocast for the encoder; auto = bf16 on GPUs that support it and on CPUs with "
-      "native bf16. fp32 is true fp32: TF32 is turned off")
+      help="bf16 autocast for the encoder; auto = bf16 on GPUs that support it, and on a CPU "
+      "whichever a short timing finds faster (printed, kept in args.json and on --resume). "
+      "fp32 is true fp32: TF32 is turned off")
     a("--threads", type=int, default=0, help="CPU threads for the run; 0 = time a few passes "
       "with each count and keep the fastest (a busy machine gets 1). Printed at start, fixed "
       "for the run and kept on --resume: the last digits of a run depend on it")
@@ -343,43 +366,36 @@ def parse_flags(argv):
     return args, ckpt
 
 
-def use_bf16(precision, device):
-    """bf16 autocast: on GPUs that have it, and on CPUs with native bf16 instructions (on
-    others it is emulated and slower than fp32; bench.py measures both)."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:  # Linux; elsewhere stay in fp32
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_threads(model, *, batch, size, bf16, device):
-    """--threads 0 on a CPU: time a few training passes of a copy of the model with every core,
-    one core fewer, and one thread, and keep the fastest (about a second). Each op of a small
-    model is a parallel region whose threads must all arrive; when another program holds a
-    core, the descheduled thread stalls every region, and one thread can be several times
-    faster (python bench.py measures it)."""
+def choose_speed(model, *, batch, size, threads, precision, device):
+    """--threads 0 and --precision auto: the thread count and precision of the run, as
+    (threads, "fp32" | "bf16"). On a CPU, time a few training passes of a copy of the model for
+    each candidate and keep the fastest (a second or two): bf16 is fast only where the CPU has
+    bf16 matrix units (AMX, AVX512-BF16) and emulated elsewhere, and one thread can beat every
+    core when another program holds one (each op of a small model is a parallel region whose
+    threads must all arrive). python bench.py shows both. On a GPU: every thread, and bf16
+    where the GPU supports it."""
     cores = torch.get_num_threads()
-    if device.type != "cpu" or cores == 1:
-        return cores
+    if device.type != "cpu":
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return threads or cores, (precision if precision != "auto"
+                                  else "bf16" if bf16_ok else "fp32")
+    candidates = [(t, p) for t in ([threads] if threads else sorted({cores, cores - 1, 1}))
+                  for p in ([precision] if precision != "auto" else ["fp32", "bf16"])]
+    if len(candidates) == 1:
+        return candidates[0]
     trial = copy.deepcopy(model)
     x = torch.rand(2 * batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)  # (2B, 3, S, S) as contrastive_step
     best = {}
-    for rnd in range(3):  # round 0 warms up; the rest keep each count's fastest pass
-        for threads in sorted({cores, cores - 1, 1}, reverse=True):
-            torch.set_num_threads(threads)
+    for rnd in range(3):  # round 0 warms up; the rest keep each candidate's fastest pass
+        for t, p in candidates:
+            torch.set_num_threads(t)
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
                 trial(x)[1].float().square().mean().backward()
             if rnd:
-                best[threads] = min(best.get(threads, math.inf), time.perf_counter() - start)
+                best[t, p] = min(best.get((t, p), math.inf), time.perf_counter() - start)
+    torch.set_num_threads(cores)
     return min(best, key=best.get)
 
 
@@ -613,13 +629,6 @@ def start_processes(args, resumed):
               "another type of generator, so the rest of the run is reproducible but not "
               "bit-identical to an uninterrupted one", file=sys.stderr)
     return device, rank, world
-
-
-def gather_with_grad(z):
-    """(B, d) on each process -> the global (m, d), gradients flowing back to every part."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return z
-    return GatherWithGrad.apply(z)
 
 
 class GatherWithGrad(torch.autograd.Function):

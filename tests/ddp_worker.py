@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
+import losses  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 
@@ -23,6 +24,7 @@ x, y = x.double(), y.double()
 torch.set_default_dtype(torch.float64)  # so that only real differences exceed 1e-5
 torch.manual_seed(0)
 model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
+model = model.to(memory_format=torch.channels_last)  # as train.py
 net = model
 if world > 1:
     net = torch.nn.parallel.DistributedDataParallel(train.global_batchnorm(model))
@@ -39,8 +41,9 @@ def recording_loss(u, v):
 
 opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 for step in range(3):
-    train.contrastive_step(net, opt, x[lo:hi], y[lo:hi], loss_fn=recording_loss, n=100, lam=30.0,
-                           bf16=False)
+    train.contrastive_step(net, opt, x[lo:hi], y[lo:hi], loss_fn=recording_loss,
+                           vrns_fn=losses.vrns_loss, n=100, lam=30.0,
+                           gather=train.GatherWithGrad.apply if world > 1 else None)
 assert seen == [(16, 128)] * 3, seen  # the loss saw the global batch
 if rank == 0:
     torch.save({name: p.grad for name, p in model.named_parameters()}, sys.argv[1])

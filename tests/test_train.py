@@ -7,9 +7,12 @@ import sys
 
 import pytest
 import torch
+from conftest import paste_alone
 from syncs import count_syncs
 
 import data
+import eval as evaluation
+import losses
 import models
 import train
 
@@ -288,11 +291,37 @@ def test_a_training_step_makes_no_host_syncs():
         for step, (x, y) in zip(range(2), views):
             optimizer.param_groups[0]["lr"] = train.lr_at(step, total_steps=8, warmup_steps=2,
                                                           peak_lr=1e-3)
-            now = train.contrastive_step(model, optimizer, x, y, loss_fn=loss_fn, n=64,
-                                         lam=1.0, bf16=False)
+            now = train.contrastive_step(model, optimizer, x, y, loss_fn=loss_fn,
+                                         vrns_fn=losses.vrns_loss, n=64, lam=1.0)
             first_bad = torch.where((first_bad < 0) & ~now.isfinite().all(), step, first_bad)
             sums += now
 
     counts = count_syncs(two_steps, model, source, batches, torch.Generator().manual_seed(0),
                          fake_device="meta")
     assert not counts, counts
+
+
+def test_contrastive_step_pastes_alone_and_returns_the_batch_statistics():
+    """The paper's step, copied alone: the same update as the module's, and its statistics are
+    the loss, L_VRNS and the Def. 4.1 moments of the batch it trained on (before the update)."""
+    x, y = torch.randn(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loss_fn = train.make_loss("simclr", temperature=0.5, siglip_t=10.0, siglip_b=10.0,
+                              within_view=False)
+    results = []
+    for step in (train.contrastive_step, paste_alone(train.contrastive_step)):
+        torch.manual_seed(0)
+        model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
+        with torch.no_grad():  # what the step sees: BatchNorm over both views, train mode
+            u, v = model(torch.cat([x, y]))[1].chunk(2)  # (8, d) each
+        torch.manual_seed(0)
+        model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        now = step(model, optimizer, x, y, loss_fn=loss_fn, vrns_fn=losses.vrns_loss, n=100,
+                   lam=2.0)
+        results.append((now, [p.detach().clone() for p in model.parameters()]))
+        s = evaluation.similarity_stats(u, v)
+        expected = [loss_fn(u, v), losses.vrns_loss(u, v, 100),
+                    *(s[k] for k in ("pos_mean", "neg_mean", "neg_var"))]
+        assert torch.allclose(now.double(), torch.stack(expected).double(), atol=1e-5)
+    (now_a, params_a), (now_b, params_b) = results
+    assert torch.equal(now_a, now_b) and all(map(torch.equal, params_a, params_b))
