@@ -1,21 +1,31 @@
-"""Sweeps of train.py over batch size, lam and seed, and their table and figures (the paper's
-Table 1 and Fig. 4 at the scale of a CPU).
+"""Sweeps of train.py over loss, batch size, temperature, lam and seed; their table with gains
+paired by seed and 95 % confidence intervals, and figures (the paper's Table 1 and Fig. 4).
 
-    python sweep.py run --out runs/sweep                   # 5 batch sizes x lam {0, 1} x seeds 0-2
-    python sweep.py run --out runs/tune --batch-sizes 32 --lams 0 0.3 1 3 10 --seeds 3  # pick lam
-    python sweep.py report runs/sweep                      # table on stdout, figures/sweep_*.png
+    python sweep.py run --out results/batch-size --batch-sizes 16 64 256 --lams 0 3 \\
+        --seeds 0 1 2 3 -- --epochs 30 --temperature 0.2       # 24 runs, one per core at once
+    python sweep.py report results/batch-size --contrast 16 256  # table, gain(16) - gain(256)
+    python sweep.py run --out runs/tau --batch-sizes 32 --temperatures 0.1 0.2 0.5 --lams 0 3 \\
+        -- --epochs 10                                           # + a figure of gain against tau
+    python sweep.py report runs/tau --markdown runs/tau/report.md --plot-dir figures
 
-`run` starts one train.py per (m, lam, seed) with one CPU thread each, --parallel at a time
-(one per core), into OUT/<loss>-m<m>-lam<lam>-s<seed>/; a run with a summary.json is skipped and
-an interrupted one is resumed, so the same command continues a sweep after Ctrl-C. Flags after
-`--` go to every train.py (e.g. `-- --epochs 25 --loss dcl`).
-`report` reads every summary.json below a folder and prints, per (loss, m, lam), mean +- std over
-seeds of the linear-probe and kNN accuracy and of the Table 1 statistics, with the gain of each
-lam > 0 over lam = 0 paired by seed.
+`run` starts one train.py per (loss, m, tau, lam, seed), one CPU thread each, --parallel at a
+time, into OUT/<loss>-m<m>[-t<tau>]-lam<lam>-s<seed>/, with the flags after `--`. A directory
+is reused only if its args.json has every result-changing flag this command would pass, train.py
+defaults included: a finished run is skipped, an interrupted one (ckpt.pt, no summary.json)
+resumed, so the same command continues after Ctrl-C. A run with other flags is refused,
+untouched (exit status 1). In results/<sweep>/ git ignores checkpoints and logs: `git add
+results/` takes args.json, metrics.jsonl and summary.json.
 
-Shape legend: m = pairs per batch, n = training-set size.
+`report` reads FOLDER/*/summary.json and FOLDER/*/*/summary.json, groups runs by every
+result-changing flag but seed and lam, and prints per (group, lam) mean ± std over seeds and,
+for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals. `--contrast M1 M2`:
+gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS larger at small m.
+
+Shape legend: m = pairs per batch, n = training-set size, tau = temperature, lam = weight of
+L_VRNS (Def. 5.7).
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -24,31 +34,18 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import train
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# flags that leave the numbers of a run unchanged; --probe-epochs may differ on resume, but it
+# changes the linear-probe accuracy, so it counts here
+NOT_RESULTS = (train.RESUME_FREE - {"probe_epochs"}) | {"download"}
+SWEPT = {"loss": "--losses", "batch_size": "--batch-sizes", "temperature": "--temperatures",
+         "vrns_weight": "--lams", "seed": "--seeds"}
+STATS = ("linear", "knn", "pos_mean", "neg_mean", "neg_var", "wall")
 
 
-def run_name(loss, m, lam, seed):
-    return f"{loss}-m{m}-lam{lam:g}-s{seed}"
-
-
-def launch(out, loss, m, lam, seed, extra):
-    """One train.py run in a subprocess; returns (name, status, seconds). A finished run is
-    skipped, an interrupted one (a ckpt.pt without summary.json) resumed."""
-    name = run_name(loss, m, lam, seed)
-    run_dir = os.path.join(out, name)
-    if os.path.exists(os.path.join(run_dir, "summary.json")):
-        return name, "done before", 0.0
-    if os.path.exists(os.path.join(run_dir, "ckpt.pt")):
-        cmd = ["--resume", run_dir]
-    else:
-        cmd = ["--loss", loss, "--batch-size", str(m), "--vrns-weight", f"{lam:g}", "--seed",
-               str(seed), "--threads", "1", "--out-dir", run_dir, "--overwrite", *extra]
-    start = time.time()
-    with open(os.path.join(out, name + ".log"), "a") as log:
-        status = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *cmd],
-                                stdout=log, stderr=subprocess.STDOUT).returncode
-    return name, "ok" if status == 0 else f"exit {status}", time.time() - start
-
+# ---- statistics: pure, each pastes alone ----------------------------------------------------
 
 def mean_std(values):
     """Mean and sample standard deviation (0 for a single value)."""
@@ -58,90 +55,303 @@ def mean_std(values):
     return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
 
 
+def t_interval(values):
+    """(mean, half-width) of the 95 % confidence interval of the mean from Student's t with
+    n - 1 degrees of freedom; the half-width is nan for a single value. For paired data pass
+    the per-seed differences."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
+    df = n - 1
+    t975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+            2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+            2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # 0.975 quantiles, df = 1..30
+    if df <= 30:
+        t = t975[df - 1]
+    else:  # Cornish-Fisher expansion around the normal quantile; error < 1e-5 for df > 30
+        z = 1.959964
+        t = z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2) \
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3)
+    return mean, t * sd / math.sqrt(n)
+
+
+# ---- run ------------------------------------------------------------------------------------
+
+def run_name(loss, m, tau, lam, seed):
+    """Every swept value is in the name; tau only when the sweep sets it."""
+    return f"{loss}-m{m}" + (f"-t{tau:g}" if tau is not None else "") + f"-lam{lam:g}-s{seed}"
+
+
+def given_flags(argv):
+    """The train.py flags that argv names, typed by train.py's parser: {"epochs": 10, ...}."""
+    parser, unset = train.get_parser(), object()
+    blank = argparse.Namespace(**{k: unset for k in vars(parser.parse_args([]))})
+    return {k: v for k, v in vars(parser.parse_args(argv, namespace=blank)).items()
+            if v is not unset}
+
+
+def differing_flags(flags, saved):
+    """Result-changing train.py flags whose value in the argv `flags` (defaults included)
+    differs from a run's args.json `saved`; a flag older runs lack must be at its default."""
+    parser = train.get_parser()
+    wanted = vars(parser.parse_args(flags))
+    return [f"--{k.replace('_', '-')} {wanted[k]} (the run: {saved.get(k, 'absent')})"
+            for k in sorted(wanted) if k not in NOT_RESULTS
+            and saved.get(k, parser.get_default(k)) != wanted[k]]
+
+
+def launch(out, job, extra):
+    """One train.py run in a subprocess -> (name, status, seconds). A run directory with the
+    same flags is skipped when finished and resumed when interrupted; other flags: refused."""
+    loss, m, tau, lam, seed = job
+    name = run_name(*job)
+    run_dir = os.path.join(out, name)
+    flags = ["--loss", loss, "--batch-size", str(m), "--vrns-weight", repr(lam), "--seed",
+             str(seed), "--threads", "1", *extra]  # repr: the exact float, not 6 digits
+    flags += ["--temperature", repr(tau)] if tau is not None else []
+    cmd = [*flags, "--out-dir", run_dir]
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        if not os.path.isfile(os.path.join(run_dir, "args.json")):
+            return name, f"refused: {run_dir} holds files but no args.json; pick another --out", 0
+        with open(os.path.join(run_dir, "args.json")) as f:
+            differ = differing_flags(flags, json.load(f))
+        if differ:
+            return name, (f"refused: {run_dir} holds a run with other flags: {'; '.join(differ)}"
+                          ". Pick another --out (nothing was overwritten)"), 0
+        if os.path.exists(os.path.join(run_dir, "summary.json")):
+            return name, "done before", 0
+        has_ckpt = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
+        cmd = ["--resume", run_dir] if has_ckpt else [*cmd, "--overwrite"]  # same flags
+    start = time.time()
+    with open(os.path.join(out, name + ".log"), "a") as log:
+        status = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *cmd],
+                                stdout=log, stderr=subprocess.STDOUT).returncode
+    return name, "ok" if status == 0 else f"exit {status}", time.time() - start
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def knn_plateau(metrics_path):
+    """Change of the per-epoch kNN monitor (percentage points) over the last 20 % of epochs:
+    near 0 for a run that converged. None when metrics.jsonl has no two monitor records."""
+    if not os.path.isfile(metrics_path):
+        return None
+    with open(metrics_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    knn = [(r["epoch"], r["monitor"]["knn_acc"]) for r in records
+           if isinstance(r.get("monitor"), dict) and "knn_acc" in r["monitor"]]
+    before = [acc for epoch, acc in knn[:-1] if epoch <= 0.8 * knn[-1][0]]
+    return knn[-1][1] - before[-1] if before else None
+
+
+def read_run(run_dir):
+    """A finished run directory -> its flags and the figures a sweep compares."""
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        s = json.load(f)
+    return {"dir": run_dir, "args": s["args"], "linear": s["linear_acc"], "knn": s["knn_acc"],
+            **{k: s["table1_stats"][k] for k in ("pos_mean", "neg_mean", "neg_var")},
+            "wall": s["total_wall_s"], "commit": s.get("commit", "not recorded"),
+            "plateau": knn_plateau(os.path.join(run_dir, "metrics.jsonl"))}
+
+
 def collect(folder):
-    """Every summary.json below folder -> {(loss, m, lam): {seed: row}} with the figures a
-    sweep compares."""
+    """Every FOLDER/*/summary.json and FOLDER/*/*/summary.json -> {group: {lam: {seed: run}}};
+    a group is the tuple of (flag, value) of every result-changing flag but seed and lam."""
     groups = {}
-    for entry in sorted(os.listdir(folder)):
-        path = os.path.join(folder, entry, "summary.json")
-        if not os.path.isfile(path):
+    for path in sorted(glob.glob(os.path.join(folder, "*", "summary.json"))
+                       + glob.glob(os.path.join(folder, "*", "*", "summary.json"))):
+        run = read_run(os.path.dirname(path))
+        a = run["args"]
+        key = tuple(sorted((k, v) for k, v in a.items()
+                           if k not in NOT_RESULTS | {"seed", "vrns_weight"}))
+        by_seed = groups.setdefault(key, {}).setdefault(a["vrns_weight"], {})
+        if a["seed"] in by_seed:
+            print(f"warning: {run['dir']} left out: same flags as {by_seed[a['seed']]['dir']}")
             continue
-        with open(path) as f:
-            s = json.load(f)
-        a = s["args"]
-        key = (a["loss"], a["batch_size"], a["vrns_weight"])
-        groups.setdefault(key, {})[a["seed"]] = {
-            "linear": s["linear_acc"], "knn": s["knn_acc"],
-            "pos_mean": s["table1_stats"]["pos_mean"], "neg_mean": s["table1_stats"]["neg_mean"],
-            "neg_var": s["table1_stats"]["neg_var"], "wall": s["total_wall_s"]}
+        by_seed[a["seed"]] = run
     return groups
 
 
 def summarize(groups):
-    """Rows of the report: one per (loss, m, lam), means and stds over seeds, and for lam > 0
-    the gain in linear accuracy over lam = 0 on the seeds both have."""
+    """One row per (group, lam): the per-seed values, and for lam > 0 the per-seed differences
+    from lam = 0 on the seeds both have (paired by seed)."""
     rows = []
-    for (loss, m, lam), by_seed in sorted(groups.items()):
-        row = {"loss": loss, "m": m, "lam": lam, "seeds": sorted(by_seed)}
-        for k in ("linear", "knn", "pos_mean", "neg_mean", "neg_var", "wall"):
-            row[k] = mean_std([r[k] for r in by_seed.values()])
-        base = groups.get((loss, m, 0.0), {})
-        shared = sorted(set(base) & set(by_seed))
-        if lam > 0 and shared:
-            row["gain"] = mean_std([by_seed[s]["linear"] - base[s]["linear"] for s in shared])
-        rows.append(row)
+    order = sorted(groups, key=lambda g: (dict(g)["loss"], dict(g)["batch_size"],
+                                          dict(g).get("temperature") or 0, repr(g)))
+    for key in order:
+        base = groups[key].get(0.0, {})
+        for lam, runs in sorted(groups[key].items()):
+            seeds = sorted(runs)
+            row = {"flags": dict(key), "lam": lam, "seeds": seeds,
+                   **{k: [runs[s][k] for s in seeds] for k in STATS},
+                   "plateau": [runs[s]["plateau"] for s in seeds
+                               if runs[s]["plateau"] is not None]}
+            if lam > 0:
+                both = [s for s in seeds if s in base]
+                row["gain_linear"] = [runs[s]["linear"] - base[s]["linear"] for s in both]
+                row["gain_knn"] = [runs[s]["knn"] - base[s]["knn"] for s in both]
+                row["var_drop"] = [100 * (base[s]["neg_var"] - runs[s]["neg_var"])
+                                   / base[s]["neg_var"] for s in both]
+            rows.append(row)
     return rows
 
 
-def plus_minus(pair, fmt, several):
-    """(mean, std) -> "mean ± std" in fmt, or just the mean for a single seed."""
-    return format(pair[0], fmt) + (" ± " + format(pair[1], fmt.lstrip("+")) if several else "")
+def contrast(groups, m1, m2):
+    """gain(m1) - gain(m2) per (group without m, lam > 0): per seed that has lam = 0 and lam at
+    both m, (acc(m1, lam) - acc(m1, 0)) - (acc(m2, lam) - acc(m2, 0))."""
+    rows = []
+    for key in sorted(groups, key=repr):
+        flags = dict(key)
+        one, two = groups[key], groups.get(tuple(sorted({**flags, "batch_size": m2}.items())))
+        if flags["batch_size"] != m1 or not two or 0.0 not in one or 0.0 not in two:
+            continue
+        for lam in sorted(set(one) & set(two) - {0.0}):
+            seeds = sorted(set(one[lam]) & set(one[0.0]) & set(two[lam]) & set(two[0.0]))
+            diff = {k: [(one[lam][s][k] - one[0.0][s][k]) - (two[lam][s][k] - two[0.0][s][k])
+                        for s in seeds] for k in ("linear", "knn")}
+            if seeds:
+                rows.append({"flags": flags, "lam": lam, "seeds": seeds, **diff})
+    return rows
 
 
-def markdown(rows):
-    """The report as a markdown table; a ± std only where there are several seeds."""
-    lines = ["| loss | m | λ | seeds | linear % | kNN % | gain (linear, vs λ = 0) | E[s_pos] | "
-             "E[s_neg] | Var[s_neg] | wall s |", "|" + "---|" * 11]
-    for r in rows:
-        several = len(r["seeds"]) > 1
-        gain = plus_minus(r["gain"], "+.1f", several) if "gain" in r else "-"
-        lines.append(f"| {r['loss']} | {r['m']} | {r['lam']:g} | "
-                     f"{','.join(map(str, r['seeds']))} | "
-                     f"{plus_minus(r['linear'], '.1f', several)} | "
-                     f"{plus_minus(r['knn'], '.1f', several)} | {gain} | "
-                     f"{r['pos_mean'][0]:.3f} | {r['neg_mean'][0]:.4f} | "
-                     f"{plus_minus(r['neg_var'], '.4f', several)} | {r['wall'][0]:.0f} |")
-    return "\n".join(lines)
+def varying(rows, but=()):
+    """Flags whose value differs between the rows' groups, except those in `but`."""
+    keys = {k for r in rows for k in r["flags"]} - set(but)
+    return sorted(k for k in keys if len({repr(r["flags"].get(k)) for r in rows}) > 1)
+
+
+def named(flags, keys):
+    """"epochs=10, lr=0.001": the values of `keys` in a group's flags."""
+    return ", ".join(f"{k}={flags.get(k)}" for k in keys)
+
+
+def cell(values, fmt, interval=False):
+    """"mean ± std", or "mean ± 95 % half-width (n=pairs)"; no ± for a single value."""
+    if not values:
+        return "-"
+    mean, spread = t_interval(values) if interval else mean_std(values)
+    pm = f" ± {spread:{fmt.lstrip('+')}}" if len(values) > 1 else ""
+    return f"{mean:{fmt}}{pm}" + (f" (n={len(values)})" if interval else "")
+
+
+def table(head, lines):
+    """Lists of cells -> a markdown table."""
+    return "\n".join("| " + " | ".join(map(str, line)) + " |"
+                     for line in [head, ["---"] * len(head), *lines])
+
+
+def markdown(rows, other):
+    """The report: one line per (group, lam); `other` = the flags besides loss, m and tau
+    that differ between groups, shown in a last column."""
+    head = ["loss", "m", "τ", "λ", "seeds (n)", "linear %", "kNN %", "linear gain, 95 % CI",
+            "kNN gain, 95 % CI", "E[s_pos]", "E[s_neg]", "Var[s_neg]", "Var drop %, 95 % CI",
+            "kNN change, last 20 % of epochs", "wall s"] + ["other flags"] * bool(other)
+    return table(head, [
+        [r["flags"]["loss"], r["flags"]["batch_size"], r["flags"].get("temperature"),
+         f"{r['lam']:g}", f"{','.join(map(str, r['seeds']))} ({len(r['seeds'])})",
+         cell(r["linear"], ".1f"), cell(r["knn"], ".1f"),
+         cell(r.get("gain_linear", []), "+.1f", True), cell(r.get("gain_knn", []), "+.1f", True),
+         f"{mean_std(r['pos_mean'])[0]:.3f}", f"{mean_std(r['neg_mean'])[0]:.4f}",
+         cell(r["neg_var"], ".4f"), cell(r.get("var_drop", []), "+.0f", True),
+         cell(r["plateau"], "+.1f"), f"{mean_std(r['wall'])[0]:.0f}"]
+        + [named(r["flags"], other)] * bool(other) for r in rows])
+
+
+def contrast_markdown(rows, m1, m2):
+    """The contrast: one line per (group without m, lam > 0)."""
+    other = varying(rows, but=("loss", "temperature"))
+    head = ["loss", "τ", "λ", "seeds", f"linear gain(m={m1}) - gain(m={m2}), 95 % CI",
+            "same, kNN"] + ["other flags"] * bool(other)
+    return table(head, [[r["flags"]["loss"], r["flags"].get("temperature"), f"{r['lam']:g}",
+                         ",".join(map(str, r["seeds"])), cell(r["linear"], "+.1f", True),
+                         cell(r["knn"], "+.1f", True)] + [named(r["flags"], other)] * bool(other)
+                        for r in rows])
+
+
+def provenance(groups, rows):
+    """The commits, a warning per group whose runs mix commits, and the flags every run
+    shares where they are not train.py's defaults."""
+    parser, other = train.get_parser(), varying(rows)
+    commits = {g: {r["commit"] for runs in by_lam.values() for r in runs.values()}
+               for g, by_lam in groups.items()}
+    lines = [f"code: commit(s) {', '.join(sorted(set().union(*commits.values())))}"]
+    lines += [f"warning: the runs of {named(dict(g), sorted({'loss', 'batch_size', *other}))} come "
+              f"from several commits (a change of code between them?): "
+              f"{', '.join(sorted(c))}" for g, c in commits.items() if len(c) > 1]
+    shared = {k: v for k, v in rows[0]["flags"].items() if k not in other and k not in SWEPT
+              and v != parser.get_default(k)}
+    return "\n".join(lines + ["every run: " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in sorted(shared.items()))])
 
 
 def plot(rows, plot_dir):
-    """Var[s_neg] and linear accuracy against m, one line per (loss, lam), +- std bars."""
+    """sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line per (loss, lam,
+    other flags); with several tau also sweep_gain_vs_tau.png. Bars: 95 % t intervals."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    ms_all = sorted({r["m"] for r in rows})
-    for loss, lam in sorted({(r["loss"], r["lam"]) for r in rows}):
-        line = sorted((r for r in rows if (r["loss"], r["lam"]) == (loss, lam)),
-                      key=lambda r: r["m"])
-        ms = [r["m"] for r in line]
-        label = f"{loss}, λ = {lam:g}"
-        for ax, key in zip(axes, ("neg_var", "linear")):
-            ax.errorbar(ms, [r[key][0] for r in line], yerr=[r[key][1] for r in line],
-                        marker="o", capsize=3, label=label)
-    for ax, ylabel in zip(axes, ("Var[s_neg] (Table 1 protocol)", "linear probe top-1 (%)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ms_all, [str(m) for m in ms_all])  # the batch sizes, not powers of 2
-        ax.set_xlabel("batch size m")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
     os.makedirs(plot_dir, exist_ok=True)
-    path = os.path.join(plot_dir, "sweep_batch_size.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    flags_of_line = varying(rows, but=("loss",))
+    figures = [("batch_size", ("neg_var", "linear"), "batch size m",
+                ("Var[s_neg] (Table 1 protocol)", "linear probe top-1 (%)"), "sweep_batch_size")]
+    if len({r["flags"].get("temperature") for r in rows}) > 1:
+        figures.append(("temperature", ("gain_linear", "gain_knn"), "temperature τ",
+                        ("linear gain over λ = 0 (points)", "kNN gain over λ = 0 (points)"),
+                        "sweep_gain_vs_tau"))
+    paths = []
+    for x, keys, xlabel, ylabels, name in figures:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        lines = {}
+        for r in rows:
+            if r.get(keys[0]):
+                label = ", ".join(filter(None, [r["flags"]["loss"], f"λ = {r['lam']:g}", named(
+                    r["flags"], [k for k in flags_of_line if k != x])]))
+                lines.setdefault(label, []).append(r)
+        for label, line in sorted(lines.items()):
+            line.sort(key=lambda r: r["flags"][x])
+            xs = [r["flags"][x] for r in line]
+            for ax, key in zip(axes, keys):
+                points = [t_interval(r[key]) for r in line]
+                ax.errorbar(xs, [p[0] for p in points], marker="o", capsize=3, label=label,
+                            yerr=[0 if math.isnan(p[1]) else p[1] for p in points])
+        for ax, ylabel in zip(axes, ylabels):
+            ax.set_xscale("log", base=2)
+            xs = sorted({r["flags"][x] for r in rows})
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])  # the swept values, not powers of 2
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(os.path.join(plot_dir, name + ".png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def report(args, error):
+    """`sweep.py report`: provenance, tables (stdout and --markdown), figures."""
+    if not os.path.isdir(args.folder):
+        error(f"{args.folder} is not a folder of runs")
+    groups = collect(args.folder)
+    if not groups:
+        error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {args.folder}")
+    rows = summarize(groups)
+    text = provenance(groups, rows) + "\n\n" + markdown(
+        rows, varying(rows, but=("loss", "batch_size", "temperature")))
+    if args.contrast:
+        found = contrast(groups, *args.contrast)
+        text += "\n\n" + (contrast_markdown(found, *args.contrast) if found else
+                          f"contrast: no group has λ = 0 and a λ > 0 at both m = "
+                          f"{args.contrast[0]} and m = {args.contrast[1]} on a shared seed")
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    for path in plot(rows, args.plot_dir or args.folder):
+        print(f"figure: {path}")
+    return 0
 
 
 def main(argv=None):
@@ -150,42 +360,56 @@ def main(argv=None):
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="train every (m, lam, seed) not finished yet")
-    r.add_argument("--out", default="runs/sweep", help="folder of the sweep's run directories")
-    r.add_argument("--loss", default="simclr", help="train.py --loss of every run")
-    r.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    r = sub.add_parser("run", help="train every (loss, m, tau, lam, seed) not finished yet")
+    r.add_argument("--out", required=True, help="folder of the sweep's run directories: "
+                   "results/<name> to commit the JSON, runs/<name> for scratch (ignored by git)")
+    r.add_argument("--losses", nargs="+", default=["simclr"], choices=list(train.LOSSES),
+                   help="train.py --loss values")
+    r.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256],
+                   help="train.py --batch-size values m")
+    r.add_argument("--temperatures", type=float, nargs="+", default=None,
+                   help="train.py --temperature values tau (default: train.py's)")
     r.add_argument("--lams", type=float, nargs="+", default=[0.0, 1.0],
-                   help="train.py --vrns-weight values; 0 is the baseline")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+                   help="train.py --vrns-weight values; include 0, the baseline of the gains")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="4 or more give usable confidence intervals (t = 3.18 at 3 degrees)")
     r.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
                    help="runs at once, one CPU thread each (default: one per core)")
-    q = sub.add_parser("report", help="table and figure of a sweep's finished runs")
-    q.add_argument("folder")
-    q.add_argument("--plot-dir", default="figures", help="where sweep_batch_size.png goes")
+    q = sub.add_parser("report", help="tables and figures of a sweep's finished runs")
+    q.add_argument("folder", help="a folder of run directories, or of sweep folders of them")
+    q.add_argument("--contrast", type=int, nargs=2, metavar=("M1", "M2"),
+                   help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256")
+    q.add_argument("--plot-dir", default=None, help="where the figures go (default: FOLDER)")
+    q.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = p.parse_args(argv)
-
     if args.command == "report":
-        if not os.path.isdir(args.folder):
-            p.error(f"{args.folder} is not a folder of runs")
-        rows = summarize(collect(args.folder))
-        if not rows:
-            p.error(f"no finished run (summary.json) below {args.folder}")
-        print(markdown(rows))
-        print(f"figure: {plot(rows, args.plot_dir)}")
-        return 0
-    if args.parallel < 1 or min(args.batch_sizes) < 2 or min(args.lams) < 0:
-        p.error("need --parallel >= 1, batch sizes >= 2 and lams >= 0")
+        return report(args, p.error)
+
+    given = given_flags(extra)
+    taken = sorted(k for k in given if k in {"threads", "out_dir", "resume", "overwrite"}
+                   or k in SWEPT and (k != "temperature" or args.temperatures))
+    if taken:
+        p.error("after --, sweep.py sets these itself: " + ", ".join(
+            f"--{k.replace('_', '-')}" + (f" (use {SWEPT[k]})" if k in SWEPT else "")
+            for k in taken))
+    if args.parallel < 1 or min(args.batch_sizes) < 2 or min(args.lams) < 0 or \
+            min(args.temperatures or [1]) <= 0:
+        p.error("need --parallel >= 1, batch sizes >= 2, lams >= 0 and temperatures > 0")
+    jobs = [(loss, m, tau, lam, s) for s in args.seeds for loss in args.losses
+            for tau in args.temperatures or [None] for lam in args.lams for m in args.batch_sizes]
+    if len({run_name(*job) for job in jobs}) < len(jobs):
+        p.error("two runs would share a folder: repeated values (or ones equal to 6 digits)")
     os.makedirs(args.out, exist_ok=True)
-    jobs = [(args.loss, m, lam, s) for s in args.seeds for lam in args.lams
-            for m in args.batch_sizes]
-    start, failed = time.time(), 0
+    start, failed, refused = time.time(), 0, 0
     with ThreadPoolExecutor(args.parallel) as pool:
-        for name, status, seconds in pool.map(lambda job: launch(args.out, *job, extra), jobs):
+        for name, status, seconds in pool.map(lambda job: launch(args.out, job, extra), jobs):
             failed += status.startswith("exit")
+            refused += status.startswith("refused")
             print(f"{name}: {status} ({seconds:.0f} s; {time.time() - start:.0f} s in all)",
                   flush=True)
-    print(f"{len(jobs)} runs, {failed} failed; python sweep.py report {args.out}")
-    return 1 if failed else 0
+    print(f"{len(jobs)} runs, {failed} failed, {refused} refused; "
+          f"python sweep.py report {args.out}")
+    return 1 if failed or refused else 0
 
 
 if __name__ == "__main__":

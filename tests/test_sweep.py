@@ -1,48 +1,144 @@
-"""sweep.py: the statistics of its report, and a tiny sweep that resumes by skipping."""
+"""sweep.py: the t interval, gains paired by seed, groups that never mix flags, the contrast,
+refusing a folder of runs with other flags, the figures' folder, and a tiny real sweep."""
 import json
+import math
 import os
 
 import pytest
 
 import sweep
+import train
+from conftest import paste_alone
 
 TINY = ["--train-size", "128", "--width", "4", "--epochs", "1", "--track-size", "32",
         "--probe-epochs", "1", "--precision", "fp32"]
 
 
-def fake_run(folder, m, lam, seed, linear, var):
-    os.makedirs(folder / sweep.run_name("simclr", m, lam, seed))
-    summary = {"args": {"loss": "simclr", "batch_size": m, "vrns_weight": lam, "seed": seed},
-               "linear_acc": linear, "knn_acc": linear + 1, "total_wall_s": 10.0,
+def fake_run(folder, *, m=32, lam=0.0, seed=0, linear=50.0, knn=40.0, var=0.2, flags=(),
+             commit="abc1234", name=None, monitor=None):
+    """A finished run as train.py leaves it (args.json, summary.json, metrics.jsonl), made of
+    the flags sweep.py passes plus `flags`; `monitor` = per-epoch kNN accuracies."""
+    args = vars(train.get_parser().parse_args(
+        ["--batch-size", str(m), "--vrns-weight", repr(lam), "--seed", str(seed), "--threads",
+         "1", *flags]))
+    run_dir = folder / (name or f"run{len(list(folder.iterdir())) if folder.exists() else 0}")
+    os.makedirs(run_dir)
+    summary = {"args": args, "linear_acc": linear, "knn_acc": knn, "total_wall_s": 10.0,
                "table1_stats": {"pos_mean": 0.8, "neg_mean": 0.0, "neg_var": var}}
-    (folder / sweep.run_name("simclr", m, lam, seed) / "summary.json").write_text(
-        json.dumps(summary))
+    if commit:
+        summary["commit"] = commit
+    (run_dir / "args.json").write_text(json.dumps(args))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e + 1, **({"monitor": {"knn_acc": acc}} if monitor else {})}) + "\n"
+        for e, acc in enumerate(monitor or [0.0, 0.0])))
+    return run_dir
 
 
-def test_report_means_stds_and_paired_gains(tmp_path):
-    for seed, (base, term) in enumerate([(40.0, 45.0), (50.0, 52.0), (60.0, 62.0)]):
-        fake_run(tmp_path, 32, 0.0, seed, base, 0.2)
-        fake_run(tmp_path, 32, 1.0, seed, term, 0.1)
-    fake_run(tmp_path, 32, 1.0, 7, 99.0, 0.1)  # no baseline for seed 7: not in the gain
+def test_t_interval_against_hand_computed_values():
+    t_interval = paste_alone(sweep.t_interval)  # needs nothing but math
+    mean, half = t_interval([1.0, 2.0, 3.0])  # sd 1, n 3: t(0.975, df 2) = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    assert t_interval([0.0, 2.0])[1] == pytest.approx(12.706)  # sd sqrt(2), n 2
+    values = [-1.0, 1.0] * 20 + [0.0]  # n 41, sd sqrt(40 / 40) = 1: t(0.975, df 40) = 2.0211
+    assert t_interval(values)[1] == pytest.approx(2.0211 / math.sqrt(41), abs=1e-5)
+    assert math.isnan(t_interval([5.0])[1])
+    assert paste_alone(sweep.mean_std)([40.0, 50.0, 60.0]) == pytest.approx((50.0, 10.0))
+
+
+def test_gains_are_paired_by_seed(tmp_path):
+    for seed, (base, term, var) in enumerate([(40.0, 42.0, 0.10), (50.0, 53.0, 0.15),
+                                              (60.0, 61.0, 0.05)]):
+        fake_run(tmp_path, seed=seed, linear=base, knn=base, var=0.2)
+        fake_run(tmp_path, lam=3.0, seed=seed, linear=term, knn=term - 1, var=var)
+    fake_run(tmp_path, lam=3.0, seed=7, linear=99.0, var=0.1)  # no baseline: not in the gains
+    fake_run(tmp_path, seed=8, linear=10.0)  # no lam = 3 run: not in the gains
+    base, term = sweep.summarize(sweep.collect(tmp_path))
+    assert base["seeds"] == [0, 1, 2, 8] and "gain_linear" not in base
+    assert term["gain_linear"] == [2.0, 3.0, 1.0] and term["gain_knn"] == [1.0, 2.0, 0.0]
+    assert term["var_drop"] == pytest.approx([50.0, 25.0, 75.0])
+    table = sweep.markdown([base, term], [])
+    half = 4.303 / math.sqrt(3)  # sd of (2, 3, 1) is 1
+    assert f"+2.0 ± {half:.1f} (n=3)" in table and f"+50 ± {25 * half:.0f} (n=3)" in table
+
+
+def test_groups_never_mix_temperature_epochs_or_probe(tmp_path):
+    for flags, acc in [(["--temperature", "0.2"], 10.0), (["--temperature", "0.5"], 20.0),
+                       (["--epochs", "10"], 30.0), (["--probe-epochs", "5"], 40.0)]:
+        for seed in (0, 1):
+            fake_run(tmp_path, seed=seed, linear=acc, flags=flags)
+    fake_run(tmp_path, seed=2, linear=30.0, flags=["--epochs", "10", "--device", "cpu"])
     rows = sweep.summarize(sweep.collect(tmp_path))
-    base, term = rows
-    assert base["linear"] == pytest.approx((50.0, 10.0)) and "gain" not in base
-    assert term["seeds"] == [0, 1, 2, 7]
-    assert term["gain"] == pytest.approx((3.0, 1.7320508))  # +5, +2, +2
-    assert term["neg_var"] == pytest.approx((0.1, 0.0))
-    table = sweep.markdown(rows)
-    assert "+3.0 ± 1.7" in table and "50.0 ± 10.0" in table
-    assert sweep.main(["report", str(tmp_path), "--plot-dir", str(tmp_path / "fig")]) == 0
-    assert (tmp_path / "fig" / "sweep_batch_size.png").stat().st_size > 1000
+    assert sorted(r["linear"] for r in rows) == [[10.0] * 2, [20.0] * 2, [30.0] * 3, [40.0] * 2]
+    other = [k for k in sweep.varying(rows) if k not in ("loss", "batch_size", "temperature")]
+    assert other == ["epochs", "probe_epochs"]  # --device changes no number: not a group
+    assert "epochs=10, probe_epochs=200 |" in sweep.markdown(rows, other)
 
 
-def test_tiny_sweep_skips_finished_runs(tmp_path, capsys):
+def test_a_folder_with_other_flags_is_refused_untouched(tmp_path, capsys):
+    old = fake_run(tmp_path, flags=["--epochs", "10"], name=sweep.run_name("simclr", 32, None,
+                                                                          0.0, 0))
+    (old / "ckpt.pt").write_bytes(b"old checkpoint")
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    argv = ["run", "--out", str(tmp_path), "--batch-sizes", "32", "--lams", "0", "--seeds",
+            "0", "--"]
+    assert sweep.main([*argv, "--epochs", "50"]) == 1
+    out = capsys.readouterr().out
+    assert "refused" in out and "--epochs 50 (the run: 10)" in out and "1 refused" in out
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == [old.name]  # not even a log
+    assert sweep.main([*argv, "--epochs", "10", "--probe-epochs", "5"]) == 1
+    assert "--probe-epochs 5 (the run: 200)" in capsys.readouterr().out
+    assert sweep.main([*argv, "--epochs", "10", "--device", "cpu"]) == 0  # same numbers
+    assert ": done before" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # sweep.py names the batch size itself
+        sweep.main([*argv, "--batch-size", "64"])
+
+
+def test_contrast_of_gains_between_batch_sizes(tmp_path):
+    for seed, (g16, g256) in enumerate([(5.0, 1.0), (6.0, 1.0), (7.0, 2.0)]):
+        for m, base, gain in ((16, 50.0 + 10 * seed, g16), (256, 60.0 - 3 * seed, g256)):
+            fake_run(tmp_path, m=m, seed=seed, linear=base)
+            fake_run(tmp_path, m=m, lam=3.0, seed=seed, linear=base + gain)
+    fake_run(tmp_path, m=16, lam=3.0, seed=5, linear=0.0)  # seed 5 is missing at m = 256
+    (row,) = sweep.contrast(sweep.collect(tmp_path), 16, 256)
+    assert row["seeds"] == [0, 1, 2] and row["linear"] == [4.0, 5.0, 5.0]
+    half = 4.303 * math.sqrt(1 / 3) / math.sqrt(3)  # sd of (4, 5, 5)
+    assert f"+4.7 ± {half:.1f} (n=3)" in sweep.contrast_markdown([row], 16, 256)
+    assert sweep.contrast(sweep.collect(tmp_path), 256, 16)[0]["linear"] == [-4.0, -5.0, -5.0]
+
+
+def test_report_writes_figures_and_markdown_beside_the_runs(tmp_path, capsys):
+    for tau in ("0.2", "0.5"):
+        for seed in (0, 1):
+            fake_run(tmp_path, seed=seed, flags=["--temperature", tau], commit="abc1234")
+            fake_run(tmp_path, lam=1.0, seed=seed, flags=["--temperature", tau], linear=52.0,
+                     commit="def5678" if tau == "0.5" else "abc1234")
+    assert sweep.main(["report", str(tmp_path), "--markdown", str(tmp_path / "r.md")]) == 0
+    out = capsys.readouterr().out
+    for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert "commit(s) abc1234, def5678" in out and out.count("several commits") == 1
+    assert "| simclr | 32 | 0.5 | 1 |" in (tmp_path / "r.md").read_text()
+
+
+def test_knn_plateau_and_nested_layout(tmp_path):
+    fake_run(tmp_path / "sweep-a", monitor=[10.0] * 7 + [50.0, 52.0, 53.0])  # epochs 1-10
+    fake_run(tmp_path / "sweep-a", seed=1, monitor=[10.0] * 7 + [50.0, 50.0, 51.0])
+    fake_run(tmp_path, seed=2)  # no monitor records: no plateau value
+    (row,) = sweep.summarize(sweep.collect(tmp_path))
+    assert row["seeds"] == [0, 1, 2] and row["plateau"] == [3.0, 1.0]  # epoch 8 -> 10
+    assert "| +2.0 ± 1.4 |" in sweep.markdown([row], [])
+
+
+def test_tiny_sweep_skips_finished_runs_and_refuses_other_epochs(tmp_path, capsys):
     argv = ["run", "--out", str(tmp_path), "--batch-sizes", "32", "--lams", "0", "1",
             "--seeds", "0", "--parallel", "2", "--", *TINY]
     assert sweep.main(argv) == 0
-    out = capsys.readouterr().out
-    assert out.count(": ok (") == 2
-    assert sweep.main(argv) == 0
+    assert capsys.readouterr().out.count(": ok (") == 2
+    assert sweep.main(argv) == 0  # args.json written by train.py matches the flags
     assert capsys.readouterr().out.count("done before") == 2
+    assert sweep.main([*argv, "--epochs", "2"]) == 1
+    assert capsys.readouterr().out.count("--epochs 2 (the run: 1)") == 2
     (row0, row1) = sweep.summarize(sweep.collect(tmp_path))
-    assert (row0["lam"], row1["lam"]) == (0.0, 1.0) and "gain" in row1
+    assert (row0["lam"], row1["lam"]) == (0.0, 1.0) and len(row1["gain_linear"]) == 1
