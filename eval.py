@@ -229,6 +229,41 @@ def table1_images(dataset, *, data_dir, count=5000, train_size=0, seed=0, size=N
     return images[:min(count, train_size or len(images))]
 
 
+def monitor_images(dataset, *, data_dir, count, seed, size, data_seed=0):
+    """The labelled images of train.py's per-epoch accuracy monitor: a seeded random subset of
+    `count` training images (the kNN bank) and of `count` held-out test images (the queries),
+    uint8 (N, 3, H, W) with labels (N,), and the number of classes. stl10_unlabeled has no
+    labels: its monitor uses STL-10's labelled splits, as its evaluation does."""
+    labelled = "stl10" if dataset == "stl10_unlabeled" else dataset
+    out = []
+    for train in (True, False):
+        if dataset == "imagefolder":
+            folder = data.datasets.ImageFolder(os.path.join(data_dir, "train" if train else "val"))
+            N, classes = len(folder), len(folder.classes)
+        else:
+            images, labels, classes = data.load_dataset(labelled, data_dir=data_dir, train=train,
+                                                        seed=data_seed)
+            N = len(images)
+        idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:count]  # (N',)
+        if dataset == "imagefolder":
+            out += data.imagefolder_images(folder, idx, size)
+        else:
+            out += [images[idx], labels[idx]]
+    return (*out, classes)
+
+
+@torch.no_grad()
+def knn_monitor(encoder, bank, bank_labels, queries, query_labels, *, num_classes, mean, std,
+                device="cpu"):
+    """The accuracy monitor of a run in progress (as solo-learn and lightly watch theirs):
+    weighted kNN top-1 (%) of held-out queries against a bank of training images, on encoder
+    features of un-augmented images. Cheap enough for every epoch: 2 x 1,000 forward passes."""
+    bank_f = extract_features(encoder, bank, mean=mean, std=std, device=device)  # (N, D_h)
+    query_f = extract_features(encoder, queries, mean=mean, std=std, device=device)
+    return knn_accuracy(bank_f, bank_labels, query_f, query_labels, num_classes=num_classes,
+                        k=min(20, len(bank_f)))
+
+
 # ------------------------------------------------------------------------------------------
 # A run of train.py: its checkpoint, its features, everything the paper measures on it
 # ------------------------------------------------------------------------------------------

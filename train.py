@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 
@@ -119,6 +120,12 @@ def train(args, stop, resumed=None):
     source, n = training_images(args, device)  # (n, 3, H, W) uint8 on device, or a folder
     m, aug = args.batch_size, data.augment_kwargs(args.dataset, args.image_size)
     tracked = tracked_images(source, n, args.track_size, seed=args.seed, size=aug["size"])
+    monitor = None
+    if args.monitor_size and rank == 0:  # (bank, labels, queries, labels, classes) on device
+        monitor = evaluation.monitor_images(args.dataset, data_dir=args.data_dir,
+                                            count=args.monitor_size, seed=args.seed,
+                                            size=aug["size"], data_seed=args.data_seed)
+        monitor = [t.to(device) for t in monitor[:4]] + [monitor[4]]
 
     torch.manual_seed(args.seed)  # the initial weights
     model = models.ContrastiveModel(args.arch, width=args.width, stem=args.stem)
@@ -168,6 +175,8 @@ def train(args, stop, resumed=None):
     augment_gen = torch.Generator(device=device)
     lo, hi = rank * m // world, (rank + 1) * m // world  # this process's rows of each batch
     start_time, start_step = time.time(), step
+    seconds = {"setup": start_time - launched, "tracked_stats": 0.0, "monitor": 0.0,
+               "checkpoints": 0.0}  # where the run's time goes (summary.json "time_s")
     while step < total_steps:
         epoch = step // steps_per_epoch
         batches = data.batch_order(n, m, epoch=epoch, seed=args.seed,
@@ -199,29 +208,42 @@ def train(args, stop, resumed=None):
                 log.checkpoint(step, epoch, sums, model, optimizer, device)
             if stopping and not end_of_epoch:
                 leave_on_signal(step, args.out_dir, rank == 0)
-        # ---- end of an epoch: exact statistics of the tracked images, then a checkpoint -----
+        # ---- end of an epoch: exact statistics of the tracked images, the accuracy monitor,
+        # then a checkpoint
         if rank == 0:
+            t0 = time.time()
             stats = evaluation.positive_pair_stats(
                 model, tracked, augment_kwargs=aug, device=device,
                 generator=torch.Generator(device=device).manual_seed(args.seed + 1))
+            t1 = time.time()
+            knn = None if monitor is None else evaluation.knn_monitor(
+                model.encoder, *monitor[:4], num_classes=monitor[4], mean=aug["mean"],
+                std=aug["std"], device=device)
+            seconds["tracked_stats"] += t1 - t0
+            seconds["monitor"] += time.time() - t1
             log.epoch(epoch, step, lr, time.time() - start_time,
                       {k: v / steps_per_epoch for k, v in zip(STEP_STATS, sums.tolist())},
-                      stats, predicted)
+                      stats, predicted, knn)
         sums.zero_()
+        t0 = time.time()
         log.checkpoint(step, epoch + 1, sums, model, optimizer, device)
+        seconds["checkpoints"] += time.time() - t0
         if stopping:
             leave_on_signal(step, args.out_dir, rank == 0)
 
     leave_processes()  # the other processes exit here: nobody waits while rank 0 evaluates
     if rank == 0:
-        finish(args, model, log, n=n, m=m, device=device, world=world,
-               train_wall=time.time() - start_time, launched=launched)
+        train_wall = time.time() - start_time
+        seconds["train_steps"] = train_wall - sum(seconds[k] for k in
+                                                  ("tracked_stats", "monitor", "checkpoints"))
+        finish(args, model, log, n=n, m=m, device=device, world=world, train_wall=train_wall,
+               launched=launched, seconds=seconds)
 
 
-def finish(args, model, log, *, n, m, device, world, train_wall, launched):
+def finish(args, model, log, *, n, m, device, world, train_wall, launched, seconds):
     """Evaluate the trained encoder and an untrained one of the same architecture on the
     training device, compare the Table 1 statistics with the theory, write summary.json."""
-    run = vars(args)
+    run, evaluation_start = vars(args), time.time()
     summary = evaluation.evaluate_run(model, run, data_dir=args.data_dir,
                                       probe_epochs=args.probe_epochs, seed=args.seed,
                                       device=device, workers=args.workers)
@@ -230,8 +252,12 @@ def finish(args, model, log, *, n, m, device, world, train_wall, launched):
     baseline = evaluation.evaluate_run(untrained, run, data_dir=args.data_dir,
                                        probe_epochs=args.probe_epochs, seed=args.seed,
                                        device=device, workers=args.workers)
+    seconds["evaluation"] = time.time() - evaluation_start
+    seconds["total"] = time.time() - launched
     summary.update({
         "random_init": baseline, "args": run, "seed": args.seed, "n_train": n,
+        "commit": code_version(), "precision": args.precision,
+        "time_s": {k: round(v, 1) for k, v in seconds.items()},
         "train_wall_s": round(train_wall, 1), "total_wall_s": round(time.time() - launched, 1),
         "device": str(device), "world_size": world, "threads": args.threads,
         "cpu": cpu_name(), "versions": {"python": platform.python_version(),
@@ -311,6 +337,9 @@ def get_parser():
       "CIFAR/shapes, 96 STL-10, 224 ImageFolder; e.g. 64 for Tiny-ImageNet)")
     a("--train-size", type=int, default=0, help="use only the first N training images (0 = "
       "all): quick experiments; the theory's n is then N")
+    a("--monitor-size", type=int, default=1000, help="accuracy monitor: every epoch, weighted "
+      "kNN of this many held-out test images against as many training images, logged in "
+      "metrics.jsonl (about 3 %% of the default run); 0 = off")
     a("--track-size", type=int, default=1024, help="training images whose exact similarity "
       "statistics are logged every epoch")
     a("--probe-epochs", type=int, default=200, help="epochs of the final linear probe (the "
@@ -338,7 +367,7 @@ def parse_flags(argv):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             fail(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     for flag in ("vrns_weight", "warmup_epochs", "weight_decay", "ckpt_every", "workers",
-                 "train_size", "image_size", "threads", "data_seed", "seed"):
+                 "train_size", "image_size", "threads", "data_seed", "seed", "monitor_size"):
         if getattr(args, flag) < 0:
             fail(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.batch_size < 2:
@@ -397,6 +426,21 @@ def choose_speed(model, *, batch, size, threads, precision, device):
                 best[t, p] = min(best.get((t, p), math.inf), time.perf_counter() - start)
     torch.set_num_threads(cores)
     return min(best, key=best.get)
+
+
+def code_version():
+    """The git commit of the code that ran (with '+dirty' when tracked files differ from it),
+    or 'unknown' outside a git checkout: summary.json records it, so results name their code."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + "+dirty" * bool(dirty)) if commit else "unknown"
 
 
 def cpu_name():
@@ -521,14 +565,17 @@ class RunLog:
                   f"{rate:.0f} img/s | eta {(total - step) * self.args.batch_size / rate / 60:.1f}"
                   " min", flush=True)
 
-    def epoch(self, epoch, step, lr, elapsed, batch, tracked, predicted):
+    def epoch(self, epoch, step, lr, elapsed, batch, tracked, predicted, knn):
         record = {"epoch": epoch + 1, "step": step, "lr": lr, "elapsed_s": round(elapsed, 2),
                   "batch": batch, "tracked": tracked, "theory": predicted}
+        if knn is not None:
+            record["monitor"] = {"knn_acc": knn, "images": self.args.monitor_size}
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
         print(f"epoch {epoch + 1}: {tracked['count']} tracked images: pos "
               f"{tracked['pos_mean']:.3f}, neg {tracked['neg_mean']:.4f} (theory "
-              f"{predicted['neg_optimum']:.4f}), Var[neg] {tracked['neg_var']:.4f}", flush=True)
+              f"{predicted['neg_optimum']:.4f}), Var[neg] {tracked['neg_var']:.4f}"
+              + ("" if knn is None else f" | kNN monitor {knn:.1f}%"), flush=True)
 
     def checkpoint(self, step, epochs_logged, sums, model, optimizer, device):
         if self.is_main:

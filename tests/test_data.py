@@ -55,7 +55,7 @@ def test_load_shapes_splits_differ():
     xte, _, _ = data.load_dataset('shapes', data_dir=None, train=False, n_shapes=30)
     assert k == 10 and xtr.shape == (30, 3, 32, 32) and not torch.equal(xtr, xte)
     assert torch.equal(xtr, data.load_dataset('shapes', data_dir=None, train=True, n_shapes=30)[0])
-    assert len(data.load_dataset('shapes', data_dir=None, train=False)[0]) == 1000
+    assert len(data.load_dataset('shapes', data_dir=None, train=False)[0]) == 5000
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,24 @@ def test_linear_probe_sees_directions_not_norms():
                                                 **kw) == acc
 
 
+def test_probe_scores_the_test_features_not_the_training_ones():
+    """Random training labels on 64 dims are memorised (> 90 % on the training set), while test
+    features whose labels follow their direction are at chance for that probe: a probe or an
+    evaluate() that scored the training split would report far more."""
+    g = torch.Generator().manual_seed(0)
+    train_f, train_y = torch.randn(48, 64, generator=g), torch.randint(0, 2, (48,), generator=g)
+    test_unit, _, test_y = directions(400, seed=1)  # (400, 2), 4 classes
+    test_f = torch.cat([test_unit, torch.zeros(400, 62)], 1)  # (400, 64)
+    kw = dict(num_classes=4, epochs=200, batch_size=48)
+    assert evaluation.linear_probe(train_f, train_y, train_f, train_y, **kw) > 90.0
+    assert evaluation.linear_probe(train_f, train_y, test_f, test_y, **kw) < 60.0
+    model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
+    pairs = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    result = evaluation.evaluate(model, train_f, train_y, test_f, test_y, pairs, num_classes=4,
+                                 augment_kwargs=data.augment_kwargs("shapes"), probe_epochs=200)
+    assert result["linear_acc"] < 60.0 and result["knn_acc"] < 60.0
+
+
 def test_linear_probe_is_seeded_and_leaves_the_global_rng_alone():
     unit, _, labels = directions(64, seed=0)
     noisy = unit + 0.5 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0))

@@ -37,9 +37,21 @@ def read_jsonl(path):
 
 def test_train_then_eval_scripts(tmp_path):
     out = tmp_path / "run"
-    r = run_script("train.py", *TINY, "--out-dir", str(out))
+    r = run_script("train.py", *TINY, "--log-every", "1", "--out-dir", str(out))
     assert r.returncode == 0, r.stderr
     assert "linear probe" in r.stdout and "step 8/8" in r.stdout
+    # what the run means. The lr: 4e-3 per 256 images at m = 32 is a peak of 5e-4, warmup 2
+    # epochs = 16 steps, so the 8th and last step (index 7) ran at 5e-4 * 8 / 16.
+    assert "lr = 0.0005 (adamw, 0.004 per 256 images), warmup 16 steps" in r.stdout
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)
+    # BatchNorm trained in train mode: its running statistics saw every step
+    assert ckpt["model"]["encoder.bn1.num_batches_tracked"] == 8
+    assert ckpt["model"]["projector.1.num_batches_tracked"] == 8
+    # the epoch's batch figures are the means of the 8 steps' figures printed at --log-every 1
+    steps = [line for line in r.stdout.splitlines() if line.startswith("epoch 1/1 step")]
+    losses_printed = [float(line.split("| loss ")[1].split()[0]) for line in steps]
+    assert len(losses_printed) == 8
     summary = json.loads((out / "summary.json").read_text())
     for key in ("linear_acc", "knn_acc", "random_init", "theory_rows", "args", "threads",
                 "train_wall_s", "versions"):
@@ -49,6 +61,9 @@ def test_train_then_eval_scripts(tmp_path):
     assert summary["random_init"]["table1_stats"] != summary["table1_stats"]
     assert summary["random_init"]["table1_stats"]["neg_mean"] > 0.5  # near-parallel features
     (record,) = read_jsonl(out / "metrics.jsonl")
+    assert record["batch"]["loss"] == pytest.approx(sum(losses_printed) / 8, abs=1e-4)
+    assert record["lr"] == pytest.approx(2.5e-4)
+    assert 0 <= record["monitor"]["knn_acc"] <= 100
     assert record["epoch"] == 1 and -1 <= record["tracked"]["neg_mean"] <= 1
     assert record["tracked"]["count"] == 64
     assert record["theory"]["neg_optimum"] == pytest.approx(-1 / 255)
