@@ -310,7 +310,10 @@ def loader_features(encoder, loader, *, device="cpu"):
 def split_features(encoder, dataset, *, data_dir, train_size=0, augment_kwargs, seed=0,
                    device="cpu", workers=8):
     """Encoder features and labels of the train and test splits of a dataset, in eval mode
-    without augmentation: (train_f, train_y, test_f, test_y, num_classes), features on device."""
+    without augmentation: (train_f, train_y, test_f, test_y, num_classes), features on device.
+    train_size (0 = all) is the run's --train-size: it keeps the first images of a train split
+    that was also pre-trained on. stl10_unlabeled has no labels: STL-10's labelled train (5,000)
+    and test (8,000) splits, whole, as is standard for a model pre-trained on it."""
     mean, std = augment_kwargs["mean"], augment_kwargs["std"]
     if dataset == "imagefolder":  # streamed: root/train and root/val
         tf = data.imagefolder_eval_transform(augment_kwargs["size"], mean, std)
@@ -322,10 +325,11 @@ def split_features(encoder, dataset, *, data_dir, train_size=0, augment_kwargs, 
             loader = torch.utils.data.DataLoader(folder, batch_size=256, num_workers=workers)
             out += loader_features(encoder, loader, device=device)
         return (*out, len(folder.dataset.classes if split == "train" else folder.classes))
-    train_x, train_y, classes = data.load_dataset(dataset, data_dir=data_dir, train=True,
+    labelled = "stl10" if dataset == "stl10_unlabeled" else dataset
+    train_x, train_y, classes = data.load_dataset(labelled, data_dir=data_dir, train=True,
                                                   seed=seed)
-    test_x, test_y, _ = data.load_dataset(dataset, data_dir=data_dir, train=False, seed=seed)
-    if train_size:
+    test_x, test_y, _ = data.load_dataset(labelled, data_dir=data_dir, train=False, seed=seed)
+    if train_size and labelled == dataset:
         train_x, train_y = train_x[:train_size], train_y[:train_size]
     return (extract_features(encoder, train_x, mean=mean, std=std, device=device), train_y,
             extract_features(encoder, test_x, mean=mean, std=std, device=device), test_y,

@@ -136,7 +136,8 @@ def train(args, stop, resumed=None):
                                                 precision=args.precision, device=device)
     bf16 = args.precision == "bf16"
     torch.set_num_threads(args.threads)
-    peak_lr = (args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]) * m / 256
+    base_lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]  # per 256 images
+    peak_lr = base_lr * (m / 256 if args.lr_scaling == "linear" else math.sqrt(m / 256))
     if args.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9,
                                     weight_decay=args.weight_decay)
@@ -280,7 +281,9 @@ def get_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--dataset", default="shapes", choices=data.DATASETS,
-      help="'shapes' is generated in code (offline); the others load from --data-dir")
+      help="'shapes' is generated in code (offline); the others load from --data-dir. "
+      "stl10_unlabeled pre-trains on STL-10's 100,000 unlabeled images and is evaluated "
+      "(linear probe, kNN, monitor) on its labelled train and test splits")
     a("--data-dir", default="data", help="where real datasets live (torchvision's layout; for "
       "imagefolder a folder with train/ and val/)")
     a("--download", action="store_true", help="download CIFAR/STL-10 into --data-dir (internet)")
@@ -307,8 +310,11 @@ def get_parser():
     a("--epochs", type=int, default=25, help="passes over the training set (the paper: 200)")
     a("--optimizer", default="adamw", choices=tuple(DEFAULT_LR), help="sgd (momentum 0.9) = "
       "the paper's; adamw learns the CPU demo in fewer epochs")
-    a("--lr", type=float, default=None, help="learning rate per 256 images, scaled by "
-      "batch/256; default 0.3 for sgd, 4e-3 for adamw")
+    a("--lr", type=float, default=None, help="learning rate per 256 images, scaled to the "
+      "batch by --lr-scaling; default 0.3 for sgd, 4e-3 for adamw")
+    a("--lr-scaling", default="linear", choices=("linear", "sqrt"), help="peak lr = --lr x "
+      "m/256 (linear: the paper's rule, for SGD) or x sqrt(m/256) (sqrt: keeps Adam's "
+      "dynamics comparable across batch sizes; use it to compare batch sizes with adamw)")
     a("--warmup-epochs", type=float, default=2.0, help="linear warmup, then per-step cosine to 0 "
       "(the paper: 10)")
     a("--weight-decay", type=float, default=1e-4, help="L2 (sgd) or decoupled (adamw) weight "
@@ -464,10 +470,23 @@ def training_images(args, device):
             source = data.ImageFolderPairs(os.path.join(args.data_dir, "train"),
                                            data.imagefolder_two_view_transform(**aug))
         else:
+            if args.dataset == "stl10_unlabeled" and not args.download:
+                # it has no labels: evaluated on STL-10's labelled splits, so those must be
+                # there too. Checked before reading 2.8 GB (--download fetches all five files)
+                folder = os.path.join(args.data_dir, "stl10_binary")
+                missing = [f for f in ("unlabeled_X.bin", "train_X.bin", "train_y.bin",
+                                       "test_X.bin", "test_y.bin")
+                           if not os.path.isfile(os.path.join(folder, f))]
+                if missing:
+                    raise FileNotFoundError(
+                        f"missing {', '.join(missing)} in {folder} (it trains on the unlabeled "
+                        "images and is evaluated on the labelled train and test splits). Pass "
+                        "--download on a machine with internet, or place the files there.")
             source = data.load_dataset(args.dataset, data_dir=args.data_dir, train=True,
                                        download=args.download, seed=args.data_seed)[0]
-            data.load_dataset(args.dataset, data_dir=args.data_dir, train=False,
-                              download=args.download, seed=args.data_seed)  # fail now
+            if args.dataset != "stl10_unlabeled":
+                data.load_dataset(args.dataset, data_dir=args.data_dir, train=False,
+                                  download=args.download, seed=args.data_seed)  # fail now
     except (FileNotFoundError, ValueError) as e:
         fail(f"--dataset {args.dataset} --data-dir {args.data_dir}: {e}")
     if args.train_size > len(source):
@@ -551,8 +570,9 @@ class RunLog:
         print(f"n = {n} training images, m = {m} pairs per batch ({world} process(es)), "
               f"{steps} steps/epoch x {a.epochs} epochs on {device}, {precision}, "
               f"{a.threads} CPU thread(s)")
-        print(f"lr = {lr:.4g} ({a.optimizer}, {lr * 256 / m:.4g} per 256 images), warmup "
-              f"{warmup} steps, out_dir {a.out_dir}")
+        per_256 = lr * 256 / m if a.lr_scaling == "linear" else lr / math.sqrt(m / 256)
+        print(f"lr = {lr:.4g} ({a.optimizer}, {per_256:.4g} per 256 images, {a.lr_scaling} "
+              f"scaling), warmup {warmup} steps, out_dir {a.out_dir}")
         print(f"theory at this n, m: negatives -> {predicted['neg_optimum']:.4f} (full batch), "
               f"{predicted['within_batch_neg']:.4f} (within batch); Var[s_neg] in "
               f"[{predicted['var_low']:.2e}, {predicted['var_high']:.2e}] (eq. 11)", flush=True)

@@ -1,5 +1,6 @@
 """train.py and eval.py end to end on a tiny budget: smoke runs, bad input, exact resume."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ def test_train_then_eval_scripts(tmp_path):
     assert "linear probe" in r.stdout and "step 8/8" in r.stdout
     # what the run means. The lr: 4e-3 per 256 images at m = 32 is a peak of 5e-4, warmup 2
     # epochs = 16 steps, so the 8th and last step (index 7) ran at 5e-4 * 8 / 16.
-    assert "lr = 0.0005 (adamw, 0.004 per 256 images), warmup 16 steps" in r.stdout
+    assert "lr = 0.0005 (adamw, 0.004 per 256 images, linear scaling), warmup 16 steps" in r.stdout
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)
     # BatchNorm trained in train mode: its running statistics saw every step
@@ -92,6 +93,14 @@ def test_every_loss_trains(tmp_path, extra):
     (record,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert all(torch.isfinite(torch.tensor(v)) for v in record["batch"].values())
     assert record["batch"]["vrns"] > 0
+
+
+def test_sqrt_lr_scaling(tmp_path):
+    """--lr-scaling sqrt: 4e-3 per 256 images at m = 64 is a peak of 4e-3 * sqrt(64 / 256)."""
+    train.main([*TINY, "--batch-size", "64", "--warmup-epochs", "0", "--epochs", "1",
+                "--lr-scaling", "sqrt", "--out-dir", str(tmp_path)])
+    (record,) = read_jsonl(tmp_path / "metrics.jsonl")  # 4 steps, no warmup, cosine
+    assert record["lr"] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))  # 3 of 4
 
 
 # ---- bad input: one line naming the flag, exit status 2, no traceback -------------------------
