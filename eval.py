@@ -10,8 +10,9 @@ RUN/figures/similarities.png (histograms of the Table 1 similarities) and curves
 per-epoch curves of RUN/metrics.jsonl). Everything runs on --device (auto: the GPU when there
 is one); nothing needs one.
 
-The copyable functions (similarity_stats, similarity_histograms, linear_probe, knn_accuracy) are
-pure and paste alone; similarity_stats works on any (N, d) embeddings, e.g. N = 50,000.
+The copyable functions (similarity_histograms, linear_probe, knn_accuracy) are pure and paste
+alone. The statistics themselves (Def. 4.1, exact over all pairs of any (N, d) embeddings, e.g.
+N = 50,000) are theory.similarity_stats.
 
 Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch (the
 run's batch size), d embedding dimension (projector output). N images in the set at hand (a
@@ -30,54 +31,9 @@ import torch.nn.functional as F
 
 import data
 import models
+from theory import similarity_stats  # Def. 4.1, exact over all pairs
 
-CKPT_FORMAT = "embedding-similarity-ckpt/1"  # the marker train.py writes into its checkpoints
-
-
-def similarity_stats(u, v):
-    """Exact mean and variance of the paper's similarities (Def. 4.1) over ALL pairs, without
-    ever building the N x N similarity matrix: O(N d^2) time, O(d^2) extra memory.
-
-    u, v: (N, d), row i of each the two views of instance i (normalised here). Returns 0-d
-    tensors on the inputs' device, float64 (float32 on MPS, which has no float64), and no host
-    synchronisation, so a training loop can call it every step:
-      pos_mean, pos_var       over the N positive pairs s_ii = u_i^T v_i
-      neg_mean, neg_var       over the N(N-1) ordered cross-view negatives s_ij = u_i^T v_j, i != j
-      within_mean, within_var over the 2N(N-1) ordered within-view negatives u_i^T u_j, v_i^T v_j
-    and count = N (a Python int), the number of positive pairs. Variances are population
-    variances (divide by the pair count).
-
-    The identities. Let S = U V^T, so s_ij = u_i^T v_j. Its total is
-        sum_{i,j} s_ij = sum_i u_i^T sum_j v_j = (sum_i u_i)^T (sum_j v_j),
-    so sum_{i!=j} s_ij = (sum u)^T (sum v) - sum_i s_ii. Its squared total is
-        sum_{i,j} s_ij^2 = ||U V^T||_F^2 = tr(V U^T U V^T) = tr(U^T U V^T V) = <U^T U, V^T V>_F,
-    two d x d Gram matrices instead of one N x N matrix, so
-        sum_{i!=j} s_ij^2 = <U^T U, V^T V>_F - sum_i s_ii^2,
-    and Var = E[s^2] - E[s]^2. Within-view pairs are the case V = U.
-    At N = 50,000, d = 128 the N x N matrix would hold 2.5e9 entries (10 GB in float32); the Gram
-    matrices hold 16,384. The sums run in float64 because E[s^2] - E[s]^2 cancels
-    catastrophically in float32 when the variance is small.
-    """
-    if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
-        raise ValueError(f"need u, v of one shape (N, d), N >= 2; got {u.shape} and {v.shape}")
-    dtype = torch.float32 if u.device.type == "mps" else torch.float64
-    u = F.normalize(u.detach().to(dtype), dim=1)  # (N, d)
-    v = F.normalize(v.detach().to(dtype), dim=1)  # (N, d)
-    N = len(u)
-    pairs = N * (N - 1)
-    pos = (u * v).sum(1)  # (N,)
-    su, sv = u.sum(0), v.sum(0)  # (d,), (d,)
-    gu, gv = u.T @ u, v.T @ v  # (d, d), (d, d)
-    neg_sum = su @ sv - pos.sum()
-    neg_sq = (gu * gv).sum() - (pos ** 2).sum()
-    norms_u, norms_v = (u * u).sum(1), (v * v).sum(1)  # (N,), (N,)  1, or 0 for a zero row
-    within_sum = su @ su - norms_u.sum() + sv @ sv - norms_v.sum()
-    within_sq = (gu * gu).sum() - (norms_u ** 2).sum() + (gv * gv).sum() - (norms_v ** 2).sum()
-    neg_mean, within_mean = neg_sum / pairs, within_sum / (2 * pairs)
-    return {"pos_mean": pos.mean(), "pos_var": pos.var(unbiased=False),
-            "neg_mean": neg_mean, "neg_var": neg_sq / pairs - neg_mean ** 2,
-            "within_mean": within_mean, "within_var": within_sq / (2 * pairs) - within_mean ** 2,
-            "count": N}
+CKPT_FORMAT = "embedding-similarity-ckpt/1"  # the marker of write_checkpoint, below
 
 
 @torch.no_grad()
@@ -207,8 +163,8 @@ def table1_embeddings(model, images, *, augment_kwargs, generator=None, batch_si
     return torch.cat(u), torch.cat(v)
 
 
-def positive_pair_stats(model, images, *, augment_kwargs, generator=None, batch_size=512,
-                        device="cpu"):
+def table1_stats(model, images, *, augment_kwargs, generator=None, batch_size=512,
+                 device="cpu"):
     """Table 1 protocol: two augmentations of each image (5,000 training images in the paper),
     projector outputs z, and the exact similarity_stats over all their pairs, as Python numbers
     for JSON."""
@@ -267,6 +223,27 @@ def knn_monitor(encoder, bank, bank_labels, queries, query_labels, *, num_classe
 # ------------------------------------------------------------------------------------------
 # A run of train.py: its checkpoint, its features, everything the paper measures on it
 # ------------------------------------------------------------------------------------------
+
+def write_checkpoint(path, *, args, step, epochs_logged, sums, device, model, optimizer,
+                     finished=False):
+    """A checkpoint of train.py (its only writer): the run's flags, the step and the epochs
+    logged so far, this epoch's sums of the step statistics, the device type it ran on, the
+    state dicts, and `finished` once summary.json is written. No random state: the views are
+    re-seeded from (seed, step), so a run resumes on any device and process count."""
+    atomic_save({"format": CKPT_FORMAT, "args": args, "step": step,
+                 "epochs_logged": epochs_logged, "sums": sums, "device": device,
+                 "model": model, "optimizer": optimizer, "finished": finished}, path)
+
+
+def atomic_save(obj, path):
+    """Write to a temporary file, fsync, then rename: a crash mid-save keeps the old file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
 
 def read_checkpoint(path):
     """The checkpoint of a train.py run, from its directory or its ckpt.pt, loaded onto the CPU.
@@ -359,7 +336,7 @@ def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, 
                                    num_classes=num_classes, epochs=probe_epochs, seed=seed),
         "knn_acc": knn_accuracy(train_f, train_labels, test_f, test_labels,
                                 num_classes=num_classes),
-        "table1_stats": positive_pair_stats(model, pair_images, augment_kwargs=augment_kwargs,
+        "table1_stats": table1_stats(model, pair_images, augment_kwargs=augment_kwargs,
                                             generator=gen, device=device),
     }
 

@@ -28,7 +28,7 @@ Run (CPU; the tensors are tiny and one thread is fastest):
 Shape legend: n = number of pairs (the training-set size in the theory), m = batch size,
 b = n / m batches, d = embedding dimension. u, v: (n, d) or (m, d) with unit rows; row i of u and
 row i of v are a positive pair. S = u v^T: (n, n), S[i, j] = s_ij = u_i^T v_j.
-The formulas, from negative_similarity_optimum to optimize_embeddings, are pure and paste alone
+The formulas, from similarity_stats to optimize_embeddings, are pure and paste alone
 into a file that imports math, numbers, numpy as np, torch and torch.nn.functional as F.
 """
 import argparse
@@ -46,7 +46,56 @@ import torch
 import torch.nn.functional as F
 
 import losses
-from eval import similarity_stats  # Def. 4.1: E and Var of s_pos and s_neg, as a run logs them
+
+
+# --------------------------------------------------------------------------------------------
+# The statistics the paper is about (Def. 4.1): what every check below and every run measures
+# --------------------------------------------------------------------------------------------
+
+def similarity_stats(u, v):
+    """Exact mean and variance of the paper's similarities (Def. 4.1) over ALL pairs, without
+    ever building the N x N similarity matrix: O(N d^2) time, O(d^2) extra memory.
+
+    u, v: (N, d), row i of each the two views of instance i (normalised here). Returns 0-d
+    tensors on the inputs' device, float64 (float32 on MPS, which has no float64), and no host
+    synchronisation, so a training loop can call it every step:
+      pos_mean, pos_var       over the N positive pairs s_ii = u_i^T v_i
+      neg_mean, neg_var       over the N(N-1) ordered cross-view negatives s_ij = u_i^T v_j, i != j
+      within_mean, within_var over the 2N(N-1) ordered within-view negatives u_i^T u_j, v_i^T v_j
+    and count = N (a Python int), the number of positive pairs. Variances are population
+    variances (divide by the pair count).
+
+    The identities. Let S = U V^T, so s_ij = u_i^T v_j. Its total is
+        sum_{i,j} s_ij = sum_i u_i^T sum_j v_j = (sum_i u_i)^T (sum_j v_j),
+    so sum_{i!=j} s_ij = (sum u)^T (sum v) - sum_i s_ii. Its squared total is
+        sum_{i,j} s_ij^2 = ||U V^T||_F^2 = tr(V U^T U V^T) = tr(U^T U V^T V) = <U^T U, V^T V>_F,
+    two d x d Gram matrices instead of one N x N matrix, so
+        sum_{i!=j} s_ij^2 = <U^T U, V^T V>_F - sum_i s_ii^2,
+    and Var = E[s^2] - E[s]^2. Within-view pairs are the case V = U.
+    At N = 50,000, d = 128 the N x N matrix would hold 2.5e9 entries (10 GB in float32); the Gram
+    matrices hold 16,384. The sums run in float64 because E[s^2] - E[s]^2 cancels
+    catastrophically in float32 when the variance is small.
+    """
+    if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
+        raise ValueError(f"need u, v of one shape (N, d), N >= 2; got {u.shape} and {v.shape}")
+    dtype = torch.float32 if u.device.type == "mps" else torch.float64
+    u = F.normalize(u.detach().to(dtype), dim=1)  # (N, d)
+    v = F.normalize(v.detach().to(dtype), dim=1)  # (N, d)
+    N = len(u)
+    pairs = N * (N - 1)
+    pos = (u * v).sum(1)  # (N,)
+    su, sv = u.sum(0), v.sum(0)  # (d,), (d,)
+    gu, gv = u.T @ u, v.T @ v  # (d, d), (d, d)
+    neg_sum = su @ sv - pos.sum()
+    neg_sq = (gu * gv).sum() - (pos ** 2).sum()
+    norms_u, norms_v = (u * u).sum(1), (v * v).sum(1)  # (N,), (N,)  1, or 0 for a zero row
+    within_sum = su @ su - norms_u.sum() + sv @ sv - norms_v.sum()
+    within_sq = (gu * gu).sum() - (norms_u ** 2).sum() + (gv * gv).sum() - (norms_v ** 2).sum()
+    neg_mean, within_mean = neg_sum / pairs, within_sum / (2 * pairs)
+    return {"pos_mean": pos.mean(), "pos_var": pos.var(unbiased=False),
+            "neg_mean": neg_mean, "neg_var": neg_sq / pairs - neg_mean ** 2,
+            "within_mean": within_mean, "within_var": within_sq / (2 * pairs) - within_mean ** 2,
+            "count": N}
 
 
 # --------------------------------------------------------------------------------------------

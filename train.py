@@ -47,10 +47,12 @@ import losses
 import models
 import theory
 
-# name -> (c1, c2): which negatives each loss contrasts (cross-view, within-view)
-LOSSES = {"infonce": "(1, 0)", "simclr": "(1, 1)", "dcl": "(1, 1)", "dhel": "(0, 1)",
-          "siglip": "(1, 0), (1, 1) with --within-view",
-          "spectral": "(1, 0), (1, 1) with --within-view"}
+# --loss -> (its function in losses.py, the negatives (c1, c2) it contrasts: cross-view c1,
+# within-view c2)
+LOSSES = {"infonce": (losses.infonce_loss, "(1, 0)"), "simclr": (losses.simclr_loss, "(1, 1)"),
+          "dcl": (losses.dcl_loss, "(1, 1)"), "dhel": (losses.dhel_loss, "(0, 1)"),
+          "siglip": (losses.siglip_loss, "(1, 0), (1, 1) with --within-view"),
+          "spectral": (losses.spectral_loss, "(1, 0), (1, 1) with --within-view")}
 DEFAULT_LR = {"sgd": 0.3, "adamw": 4e-3}  # per 256 images (the paper: SGD 0.3 on CIFAR)
 STEP_STATS = ("loss", "vrns", "pos_mean", "neg_mean", "neg_var")  # summed every step
 
@@ -94,12 +96,11 @@ def contrastive_step(net, optimizer, x, y, *, loss_fn, vrns_fn, n, lam, bf16=Fal
 
 def make_loss(name, *, temperature, siglip_t, siglip_b, within_view):
     """The --loss flag -> a function of (u, v) alone, from losses.py."""
+    fn = LOSSES[name][0]
     if name == "siglip":
-        return lambda u, v: losses.siglip_loss(u, v, siglip_t, siglip_b, within_view=within_view)
+        return lambda u, v: fn(u, v, siglip_t, siglip_b, within_view=within_view)
     if name == "spectral":
-        return lambda u, v: losses.spectral_loss(u, v, within_view=within_view)
-    fn = {"infonce": losses.infonce_loss, "simclr": losses.simclr_loss, "dcl": losses.dcl_loss,
-          "dhel": losses.dhel_loss}[name]
+        return lambda u, v: fn(u, v, within_view=within_view)
     return lambda u, v: fn(u, v, temperature)
 
 
@@ -213,7 +214,7 @@ def train(args, stop, resumed=None):
         # then a checkpoint
         if rank == 0:
             t0 = time.time()
-            stats = evaluation.positive_pair_stats(
+            stats = evaluation.table1_stats(
                 model, tracked, augment_kwargs=aug, device=device,
                 generator=torch.Generator(device=device).manual_seed(args.seed + 1))
             t1 = time.time()
@@ -248,8 +249,8 @@ def finish(args, model, log, *, n, m, device, world, train_wall, launched, secon
     summary = evaluation.evaluate_run(model, run, data_dir=args.data_dir,
                                       probe_epochs=args.probe_epochs, seed=args.seed,
                                       device=device, workers=args.workers)
-    torch.manual_seed(args.seed + 1)  # the baseline: same architecture, fresh weights
-    untrained = models.ContrastiveModel(args.arch, width=args.width, stem=args.stem).to(device)
+    untrained = evaluation.model_of({"args": run}, random_init=True)  # the baseline
+    untrained = untrained.to(device, memory_format=torch.channels_last)
     baseline = evaluation.evaluate_run(untrained, run, data_dir=args.data_dir,
                                        probe_epochs=args.probe_epochs, seed=args.seed,
                                        device=device, workers=args.workers)
@@ -296,7 +297,7 @@ def get_parser():
       help="'cifar' = 3x3 stride 1, no max-pool (the paper's CIFAR encoder); 'cifar_s2' = stride "
       "2, about 4x fewer FLOPs (CPU demo); 'imagenet' = 7x7 stride 2 + max-pool")
     a("--loss", default="simclr", choices=list(LOSSES), help="negatives (c1 cross-view, c2 "
-      "within-view) of each: " + "; ".join(f"{k} {v}" for k, v in LOSSES.items()))
+      "within-view) of each: " + "; ".join(f"{k} {c}" for k, (_, c) in LOSSES.items()))
     a("--within-view", action="store_true", help="siglip/spectral only: add within-view "
       "negatives (c2 = 1), the paper's fix for excessive separation (Thm 5.3)")
     a("--temperature", type=float, default=0.5, help="tau of infonce/simclr/dcl/dhel; the paper "
@@ -599,11 +600,10 @@ class RunLog:
 
     def checkpoint(self, step, epochs_logged, sums, model, optimizer, device):
         if self.is_main:
-            atomic_save({"format": evaluation.CKPT_FORMAT, "args": vars(self.args), "step": step,
-                         "epochs_logged": epochs_logged, "sums": sums.cpu(),
-                         "finished": False, "device": device.type,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                        self.ckpt)
+            evaluation.write_checkpoint(self.ckpt, args=vars(self.args), step=step,
+                                        epochs_logged=epochs_logged, sums=sums.cpu(),
+                                        device=device.type, model=model.state_dict(),
+                                        optimizer=optimizer.state_dict())
 
     def stop_if_non_finite(self, first_bad, lr_of):
         """Reads the device-side flag (a sync); exits 1, keeping the last good checkpoint."""
@@ -622,19 +622,9 @@ class RunLog:
         """summary.json, then the checkpoint marked finished (--resume refuses to rerun it)."""
         with open(os.path.join(self.args.out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        ckpt = torch.load(self.ckpt, map_location="cpu", weights_only=True)
+        ckpt = evaluation.read_checkpoint(self.ckpt)
         ckpt["finished"] = True
-        atomic_save(ckpt, self.ckpt)
-
-
-def atomic_save(obj, path):
-    """Write to a temporary file, fsync, then rename: a crash mid-save keeps the old file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        evaluation.atomic_save(ckpt, self.ckpt)
 
 
 def fail(message):

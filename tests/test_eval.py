@@ -13,6 +13,7 @@ from conftest import paste_alone
 import data
 import eval as evaluation
 import models
+import theory
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -150,14 +151,14 @@ def test_table1_statistics_are_two_independent_views_through_the_eval_mode_model
     model = warmed_up(tiny_model(0)).train()
     images = data.make_shapes(12, seed=0, image_size=16)[0]  # (12, 3, 16, 16)
     aug = data.augment_kwargs("shapes", 16)
-    got = evaluation.positive_pair_stats(model, images, augment_kwargs=aug, batch_size=64,
-                                         generator=torch.Generator().manual_seed(3))
+    got = evaluation.table1_stats(model, images, augment_kwargs=aug, batch_size=64,
+                                  generator=torch.Generator().manual_seed(3))
     assert model.training  # restored
     x, y = data.two_views(images, generator=torch.Generator().manual_seed(3), **aug)
     with torch.no_grad():
         _, u = model.eval()(x)  # (12, d)
         _, v = model(y)  # (12, d)
-    want = evaluation.similarity_stats(u, v)
+    want = theory.similarity_stats(u, v)
     assert got["count"] == 12
     for key in ("pos_mean", "pos_var", "neg_mean", "neg_var", "within_mean", "within_var"):
         assert got[key] == pytest.approx(want[key].item(), rel=1e-6, abs=1e-9), key
@@ -290,9 +291,9 @@ def test_plot_writes_both_figures_from_the_table1_protocol(tmp_path, capsys):
         assert mean == pytest.approx(fig["stats"][f"{kind}_mean"], abs=0.025), kind
     ckpt = evaluation.read_checkpoint(str(base))
     images = evaluation.table1_images("shapes", data_dir="", train_size=count)
-    want = evaluation.positive_pair_stats(evaluation.model_of(ckpt), images,
-                                          augment_kwargs=data.augment_kwargs("shapes", 16),
-                                          generator=torch.Generator().manual_seed(5))
+    want = evaluation.table1_stats(evaluation.model_of(ckpt), images,
+                                   augment_kwargs=data.augment_kwargs("shapes", 16),
+                                   generator=torch.Generator().manual_seed(5))
     assert fig["stats"] == pytest.approx(want)
     assert fig["curves"]["epoch"] == [1, 2, 3]
 
@@ -311,9 +312,9 @@ def test_evaluation_on_the_gpu_matches_the_cpu():
                                    k=20) == 100.0
     g = torch.Generator().manual_seed(0)
     u, v = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
-    on_gpu = evaluation.similarity_stats(u.cuda(), v.cuda())
+    on_gpu = theory.similarity_stats(u.cuda(), v.cuda())
     assert on_gpu["neg_var"].device.type == "cuda"
-    for key, value in evaluation.similarity_stats(u, v).items():
+    for key, value in theory.similarity_stats(u, v).items():
         assert float(on_gpu[key]) == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
     pos, neg = evaluation.similarity_histograms(u.double().cuda(), v.double().cuda(), bins=20,
                                                 max_chunk=1000)

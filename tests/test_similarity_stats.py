@@ -1,11 +1,12 @@
-"""eval.similarity_stats (exact, O(N d^2)) and eval.similarity_histograms (chunked) against the
+"""theory.similarity_stats (exact, O(N d^2)) and eval.similarity_histograms (chunked) against the
 brute-force N x N computation; both paste alone."""
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import paste_alone
 
-from eval import similarity_histograms, similarity_stats
+from eval import similarity_histograms
+from theory import similarity_stats
 
 
 def brute_force(u, v):

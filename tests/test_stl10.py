@@ -67,13 +67,13 @@ def test_pretrains_on_unlabeled_and_evaluates_on_the_labelled_splits(tmp_path, m
 
     monkeypatch.setattr(evaluation, "knn_accuracy", spy(evaluation.knn_accuracy))
     monkeypatch.setattr(evaluation, "linear_probe", spy(evaluation.linear_probe))
-    stats = evaluation.positive_pair_stats
+    stats = evaluation.table1_stats
 
     def recorded_stats(model, images, **kwargs):
         measured.append(images.cpu().numpy())
         return stats(model, images, **kwargs)
 
-    monkeypatch.setattr(evaluation, "positive_pair_stats", recorded_stats)
+    monkeypatch.setattr(evaluation, "table1_stats", recorded_stats)
     out = tmp_path / "run"
     train.main(tiny_run(tmp_path, out))
     summary = json.loads((out / "summary.json").read_text())

@@ -15,6 +15,7 @@ import data
 import eval as evaluation
 import losses
 import models
+import theory
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,7 +216,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
 
 def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pt")
-    train.atomic_save({"step": 1}, path)
+    evaluation.atomic_save({"step": 1}, path)
 
     def crash(obj, f):
         f.write(b"half a checkpoint")
@@ -223,7 +224,7 @@ def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.atomic_save({"step": 2}, path)
+        evaluation.atomic_save({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
 
@@ -285,7 +286,7 @@ def test_resume_on_another_device_type(tmp_path):
     train.main(argv)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     ckpt.update(step=8, epochs_logged=1, finished=False, device="cuda")
-    train.atomic_save(ckpt, str(tmp_path / "ckpt.pt"))
+    evaluation.atomic_save(ckpt, str(tmp_path / "ckpt.pt"))
     (tmp_path / "summary.json").unlink()
     r = run_script("train.py", "--resume", str(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -343,7 +344,7 @@ def test_contrastive_step_pastes_alone_and_returns_the_batch_statistics():
         now = step(model, optimizer, x, y, loss_fn=loss_fn, vrns_fn=losses.vrns_loss, n=100,
                    lam=2.0)
         results.append((now, [p.detach().clone() for p in model.parameters()]))
-        s = evaluation.similarity_stats(u, v)
+        s = theory.similarity_stats(u, v)
         expected = [loss_fn(u, v), losses.vrns_loss(u, v, 100),
                     *(s[k] for k in ("pos_mean", "neg_mean", "neg_var"))]
         assert torch.allclose(now.double(), torch.stack(expected).double(), atol=1e-5)
