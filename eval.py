@@ -213,7 +213,7 @@ def knn_monitor(encoder, bank, bank_labels, queries, query_labels, *, num_classe
                 device="cpu"):
     """The accuracy monitor of a run in progress (as solo-learn and lightly watch theirs):
     weighted kNN top-1 (%) of held-out queries against a bank of training images, on encoder
-    features of un-augmented images. Cheap enough for every epoch: 2 x 1,000 forward passes."""
+    features of un-augmented images. Cheap enough for every epoch: 2 x 500 forward passes."""
     bank_f = extract_features(encoder, bank, mean=mean, std=std, device=device)  # (N, D_h)
     query_f = extract_features(encoder, queries, mean=mean, std=std, device=device)
     return knn_accuracy(bank_f, bank_labels, query_f, query_labels, num_classes=num_classes,
@@ -284,12 +284,13 @@ def loader_features(encoder, loader, *, device="cpu"):
     return torch.cat(feats), torch.cat(labels)
 
 
-def split_features(encoder, dataset, *, data_dir, train_size=0, augment_kwargs, seed=0,
-                   device="cpu", workers=8):
+def split_features(encoder, dataset, *, data_dir, train_size=0, test_size=0, augment_kwargs,
+                   seed=0, device="cpu", workers=8):
     """Encoder features and labels of the train and test splits of a dataset, in eval mode
     without augmentation: (train_f, train_y, test_f, test_y, num_classes), features on device.
     train_size (0 = all) is the run's --train-size: it keeps the first images of a train split
-    that was also pre-trained on. stl10_unlabeled has no labels: STL-10's labelled train (5,000)
+    that was also pre-trained on; test_size (0 = all) keeps the first images of the test split.
+    stl10_unlabeled has no labels: STL-10's labelled train (5,000)
     and test (8,000) splits, whole, as is standard for a model pre-trained on it."""
     mean, std = augment_kwargs["mean"], augment_kwargs["std"]
     if dataset == "imagefolder":  # streamed: root/train and root/val
@@ -297,17 +298,20 @@ def split_features(encoder, dataset, *, data_dir, train_size=0, augment_kwargs, 
         out = []
         for split in ("train", "val"):
             folder = data.datasets.ImageFolder(os.path.join(data_dir, split), tf)
-            if split == "train" and train_size:
-                folder = torch.utils.data.Subset(folder, range(train_size))
+            keep = train_size if split == "train" else test_size
+            if keep:
+                folder = torch.utils.data.Subset(folder, range(keep))
             loader = torch.utils.data.DataLoader(folder, batch_size=256, num_workers=workers)
             out += loader_features(encoder, loader, device=device)
-        return (*out, len(folder.dataset.classes if split == "train" else folder.classes))
+        return (*out, len(folder.dataset.classes if keep else folder.classes))
     labelled = "stl10" if dataset == "stl10_unlabeled" else dataset
     train_x, train_y, classes = data.load_dataset(labelled, data_dir=data_dir, train=True,
                                                   seed=seed)
     test_x, test_y, _ = data.load_dataset(labelled, data_dir=data_dir, train=False, seed=seed)
     if train_size and labelled == dataset:
         train_x, train_y = train_x[:train_size], train_y[:train_size]
+    if test_size:
+        test_x, test_y = test_x[:test_size], test_y[:test_size]
     return (extract_features(encoder, train_x, mean=mean, std=std, device=device), train_y,
             extract_features(encoder, test_x, mean=mean, std=std, device=device), test_y,
             classes)
@@ -317,7 +321,8 @@ def evaluate_run(model, run, *, data_dir, probe_epochs=200, seed=0, device="cpu"
     """evaluate() for a model trained by train.py with arguments `run` (a dict)."""
     aug = data.augment_kwargs(run["dataset"], run.get("image_size", 0))
     *feats, classes = split_features(model.encoder, run["dataset"], data_dir=data_dir,
-                                     train_size=run["train_size"], augment_kwargs=aug,
+                                     train_size=run["train_size"],
+                                     test_size=run.get("test_size", 0), augment_kwargs=aug,
                                      seed=run["data_seed"], device=device, workers=workers)
     pairs = table1_images(run["dataset"], data_dir=data_dir, size=aug["size"],
                           train_size=run["train_size"], seed=run["data_seed"])

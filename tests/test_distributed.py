@@ -3,7 +3,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -13,8 +16,9 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 # compared after ONE plain SGD step, where rounding moves them by < 1e-3 and a process that
 # trains on the wrong rows moves them by 3e-2. In float64 the gradients agree to 1e-12
 # (test_gradients_equal_single_process).
-TINY = ["--train-size", "128", "--width", "4", "--batch-size", "32", "--epochs", "1",
-        "--track-size", "64", "--probe-epochs", "1", "--precision", "fp32", "--threads", "1"]
+TINY = ["--train-size", "128", "--test-size", "128", "--width", "4", "--batch-size", "32",
+        "--epochs", "1", "--track-size", "64", "--monitor-size", "32", "--probe-epochs", "1",
+        "--precision", "fp32", "--threads", "1"]
 
 
 def run(cmd):
@@ -48,10 +52,12 @@ def test_two_process_run_ends_at_single_process_weights(tmp_path):
             assert torch.equal(two[name], w), name
 
 
-def test_batch_not_divisible_by_processes_is_rejected(tmp_path):
-    r = subprocess.run([*TORCHRUN, "train.py", *TINY, "--batch-size", "33", "--out-dir",
-                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "not divisible by the 2 processes" in r.stderr
+def test_batch_not_divisible_by_processes_is_rejected(tmp_path, monkeypatch, capsys):
+    """Checked before any process group starts: as torchrun would set it, in this process."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        train.main([*TINY, "--batch-size", "33", "--out-dir", str(tmp_path)])
+    assert e.value.code == 2 and "not divisible by the 2 processes" in capsys.readouterr().err
 
 
 def test_two_process_checkpoint_resumes_in_one_process(tmp_path):

@@ -10,8 +10,8 @@ import sweep
 import train
 from conftest import paste_alone
 
-TINY = ["--train-size", "128", "--width", "4", "--epochs", "1", "--track-size", "32",
-        "--probe-epochs", "1", "--precision", "fp32"]
+TINY = ["--train-size", "128", "--test-size", "128", "--width", "4", "--epochs", "1",
+        "--track-size", "32", "--monitor-size", "32", "--probe-epochs", "1", "--precision", "fp32"]
 
 
 def fake_run(folder, *, m=32, lam=0.0, seed=0, linear=50.0, knn=40.0, var=0.2, flags=(),

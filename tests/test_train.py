@@ -19,10 +19,10 @@ import theory
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# ~300 generated images, a width-4 ResNet-18: each run takes a second or two on one core
-TINY = ["--train-size", "256", "--width", "4", "--batch-size", "32", "--epochs", "1",
-        "--track-size", "64", "--probe-epochs", "2", "--precision", "fp32", "--log-every", "4",
-        "--threads", "1"]
+# 256 generated training and test images, a width-4 ResNet-18: a run takes about a second
+TINY = ["--train-size", "256", "--test-size", "256", "--width", "4", "--batch-size", "32",
+        "--epochs", "1", "--track-size", "64", "--monitor-size", "32", "--probe-epochs", "2",
+        "--precision", "fp32", "--log-every", "4", "--threads", "1"]
 
 
 def run_script(*argv, timeout=300):
@@ -42,11 +42,11 @@ def test_train_then_eval_scripts(tmp_path):
     r = run_script("train.py", *TINY, "--log-every", "1", "--out-dir", str(out))
     assert r.returncode == 0, r.stderr
     assert "linear probe" in r.stdout and "step 8/8" in r.stdout
-    # what the run means. The lr: 4e-3 per 256 images at m = 32 is a peak of 5e-4, warmup 2
-    # epochs = 16 steps, so the 8th and last step (index 7) ran at 5e-4 * 8 / 16.
-    assert "lr = 0.0005 (adamw, 0.004 per 256 images, linear scaling), warmup 16 steps" in r.stdout
+    # what the run means. The lr: 8e-3 per 256 images at m = 32 is a peak of 1e-3, warmup 2
+    # epochs = 16 steps, so the 8th and last step (index 7) ran at 1e-3 * 8 / 16.
+    assert "lr = 0.001 (adamw, 0.008 per 256 images, linear scaling), warmup 16 steps" in r.stdout
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
     # BatchNorm trained in train mode: its running statistics saw every step
     assert ckpt["model"]["encoder.bn1.num_batches_tracked"] == 8
     assert ckpt["model"]["projector.1.num_batches_tracked"] == 8
@@ -64,7 +64,7 @@ def test_train_then_eval_scripts(tmp_path):
     assert summary["random_init"]["table1_stats"]["neg_mean"] > 0.5  # near-parallel features
     (record,) = read_jsonl(out / "metrics.jsonl")
     assert record["batch"]["loss"] == pytest.approx(sum(losses_printed) / 8, abs=1e-4)
-    assert record["lr"] == pytest.approx(2.5e-4)
+    assert record["lr"] == pytest.approx(5e-4)
     assert 0 <= record["monitor"]["knn_acc"] <= 100
     assert record["epoch"] == 1 and -1 <= record["tracked"]["neg_mean"] <= 1
     assert record["tracked"]["count"] == 64
@@ -97,11 +97,11 @@ def test_every_loss_trains(tmp_path, extra):
 
 
 def test_sqrt_lr_scaling(tmp_path):
-    """--lr-scaling sqrt: 4e-3 per 256 images at m = 64 is a peak of 4e-3 * sqrt(64 / 256)."""
+    """--lr-scaling sqrt: 8e-3 per 256 images at m = 64 is a peak of 8e-3 * sqrt(64 / 256)."""
     train.main([*TINY, "--batch-size", "64", "--warmup-epochs", "0", "--epochs", "1",
                 "--lr-scaling", "sqrt", "--out-dir", str(tmp_path)])
     (record,) = read_jsonl(tmp_path / "metrics.jsonl")  # 4 steps, no warmup, cosine
-    assert record["lr"] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))  # 3 of 4
+    assert record["lr"] == pytest.approx(4e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))  # 3 of 4
 
 
 # ---- bad input: one line naming the flag, exit status 2, no traceback -------------------------
@@ -164,7 +164,7 @@ def test_resume_rejects_conflicting_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--resume", str(tmp_path), "--temperature", "0.1"])
     err = capsys.readouterr().err
-    assert "--temperature 0.1 (run used 0.5)" in err
+    assert "--temperature 0.1 (run used 0.2)" in err
 
 
 # ---- faults: Ctrl-C loses nothing and resume is exact -------------------------------------------
