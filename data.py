@@ -19,26 +19,9 @@ operations, and the batch schedule (reshuffled every epoch, or the fixed batches
 Shapes: N images in a dataset, B images in a batch, C = 3 channels, H = W input side, S output
 side, m pairs per batch, n training-set size.
 
-Where the batched augmentation differs from torchvision's transforms (measured on 100-300 random
-images; tests/test_data.py checks the first two points):
-- Same distributions, not the same draws: crop boxes as RandomResizedCrop.get_params (sides
-  rounded to whole pixels, offsets that reach both edges, 10 tries, the centre-crop fallback);
-  factors, hue shift and the per-image order of the four operations as ColorJitter; probabilities
-  and sigma as RandomApply, RandomGrayscale and GaussianBlur. A seed gives other images than
-  torchvision's with the same seed.
-- Same pixels for the same parameters, up to float32 rounding, as torchvision's tensor ops: crop
-  and flip as resized_crop(antialias=False), at most 1e-7 apart at 32 px and 7e-6 at 96 px;
-  brightness, contrast, saturation and hue as adjust_*, at most 9e-7; blur at most 5e-7.
-- The box sides are rounded in float32, torchvision's in float64: about 2 draws in a million get
-  a side one pixel different.
-- No antialiasing: a box larger than the output (STL-10's 96 px trained at --image-size 32) is
-  downscaled by plain bilinear sampling, while torchvision's tensor resize (antialias=True by
-  default) and PIL filter first. 96 -> 32 px on the shapes dataset: mean |difference| 0.0125,
-  1% of values off by more than 0.097. At every preset's own size, boxes are only upscaled.
-- torchvision's PIL pipeline (imagefolder_two_view_transform) rounds to 8 bits after each colour
-  operation, and rotates hue in 8-bit HSV: against the tensor ops at the same factor, mean 0.5/255
-  and max 1.2/255 for brightness, contrast and saturation, mean 0.8/255 and max 15/255 for hue.
-  The batch functions follow the tensor ops and do not copy this.
+The batched augmentation draws from torchvision's distributions (tests/test_data.py checks it)
+and gives torchvision's pixels for the same parameters; docs/usage.md says where and by how
+much it differs (no antialiasing when downscaling, float32 box rounding, PIL's 8-bit rounding).
 
 Try it (CPU, about a second):
     python -c "import data; x, y = data.make_shapes(5000, seed=0); print(x.shape, y[:10])"
