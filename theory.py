@@ -18,7 +18,7 @@ epoch, so for a real run the formulas are reference lines and trends, not predic
 
 Run (CPU; the tensors are tiny and one thread is fastest):
     python theory.py                   # the lab: 49 predicted-vs-measured rows, PASS/FAIL,
-                                       # ~20 s; exit status 1 if a row fails
+                                       # about 20 s; exit status 1 if a row fails
     python theory.py --plot            # figures/*.png, about a minute: Fig. 2 re-drawn,
                                        # eq. (11) vs m, Ex. 5.4's phase diagram, L_VRNS vs lam
     python theory.py --plot --quick --plot-dir /tmp/figures   # coarse versions, seconds
@@ -48,13 +48,11 @@ import torch.nn.functional as F
 import losses
 
 
-# --------------------------------------------------------------------------------------------
-# The statistics the paper is about (Def. 4.1): what every check below and every run measures
-# --------------------------------------------------------------------------------------------
+# ---- The statistics the paper is about (Def. 4.1), measured by every check and every run -------
 
 def similarity_stats(u, v):
-    """Exact mean and variance of the paper's similarities (Def. 4.1) over ALL pairs, without
-    ever building the N x N similarity matrix: O(N d^2) time, O(d^2) extra memory.
+    """Def. 4.1: exact mean and variance of the similarities over ALL pairs, without ever
+    building the N x N similarity matrix: O(N d^2) time, O(d^2) extra memory.
 
     u, v: (N, d), row i of each the two views of instance i (normalised here). Returns 0-d
     tensors on the inputs' device, float64 (float32 on MPS, which has no float64), and no host
@@ -62,18 +60,14 @@ def similarity_stats(u, v):
       pos_mean, pos_var       over the N positive pairs s_ii = u_i^T v_i
       neg_mean, neg_var       over the N(N-1) ordered cross-view negatives s_ij = u_i^T v_j, i != j
       within_mean, within_var over the 2N(N-1) ordered within-view negatives u_i^T u_j, v_i^T v_j
-    and count = N (a Python int), the number of positive pairs. Variances are population
-    variances (divide by the pair count).
+    and count = N (a Python int). Variances are population variances (divide by the pair count).
 
-    The identities. Let S = U V^T, so s_ij = u_i^T v_j. Its total is
-        sum_{i,j} s_ij = sum_i u_i^T sum_j v_j = (sum_i u_i)^T (sum_j v_j),
-    so sum_{i!=j} s_ij = (sum u)^T (sum v) - sum_i s_ii. Its squared total is
-        sum_{i,j} s_ij^2 = ||U V^T||_F^2 = tr(V U^T U V^T) = tr(U^T U V^T V) = <U^T U, V^T V>_F,
-    two d x d Gram matrices instead of one N x N matrix, so
-        sum_{i!=j} s_ij^2 = <U^T U, V^T V>_F - sum_i s_ii^2,
-    and Var = E[s^2] - E[s]^2. Within-view pairs are the case V = U.
-    At N = 50,000, d = 128 the N x N matrix would hold 2.5e9 entries (10 GB in float32); the Gram
-    matrices hold 16,384. The sums run in float64 because E[s^2] - E[s]^2 cancels
+    The identities, with S = U V^T:
+        sum_{i,j} s_ij   = (sum_i u_i)^T (sum_j v_j)
+        sum_{i,j} s_ij^2 = ||U V^T||_F^2 = tr(U^T U V^T V) = <U^T U, V^T V>_F,
+    two d x d Gram matrices (16,384 entries at d = 128) instead of one N x N matrix (10 GB in
+    float32 at N = 50,000); the negatives subtract the diagonal s_ii, Var = E[s^2] - E[s]^2, and
+    within-view pairs are the case V = U. The sums run in float64: E[s^2] - E[s]^2 cancels
     catastrophically in float32 when the variance is small.
     """
     if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
@@ -98,9 +92,7 @@ def similarity_stats(u, v):
             "count": N}
 
 
-# --------------------------------------------------------------------------------------------
-# Full batch (Thm 5.1 - 5.3, Ex. 5.4)
-# --------------------------------------------------------------------------------------------
+# ---- Full batch (Thm 5.1 - 5.3, Ex. 5.4) ---------------------------------------------------------
 
 def negative_similarity_optimum(n):
     """Thm 5.1: the optimal negative similarity with n pairs in one batch, -1/(n-1).
@@ -136,9 +128,9 @@ def excessive_separation(dphi_at_1, dpsi_at_threshold, n):
         phi'(1) < (n-2)/(2(n-1)) * psi'(-1/(n-1))   =>   optimum has s_pos < 1, E[s_neg] < -1/(n-1)
 
     dphi_at_1 = phi'(1), dpsi_at_threshold = psi'(-1/(n-1)), with psi the per-pair penalty as
-    written in Def. 3.2 (for SigLIP it carries the factor m - 1 = n - 1). Returns True when the
-    reward for aligning a positive is weaker than the penalty's pull on the negatives. If the
-    inequality is reversed (strictly), Thm 5.1 (iii) gives the simplex instead.
+    written in Def. 3.2 (for SigLIP it carries the factor m - 1 = n - 1): True when the reward
+    for aligning a positive is weaker than the penalty's pull on the negatives. Reversed
+    (strictly), Thm 5.1 (iii) gives the simplex instead.
     """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
@@ -165,9 +157,7 @@ def siglip_excessive_separation(t, b, n):
     return n > 2 and bool(log_ratio < math.log((n - 2) / 2))
 
 
-# --------------------------------------------------------------------------------------------
-# Mini-batches (Thm 5.5, Thm 5.6)
-# --------------------------------------------------------------------------------------------
+# ---- Mini-batches (Thm 5.5, Thm 5.6) -------------------------------------------------------------
 
 def within_batch_negative_similarity(m):
     """Thm 5.5: inside each batch of m the optimum is an (m-1)-simplex, negatives at -1/(m-1).
@@ -237,24 +227,20 @@ def infonce_similarity_gradient(S, tau):
     return (rows + cols - 2 * eye) / (2 * m * tau)
 
 
-# --------------------------------------------------------------------------------------------
-# The optimal embeddings, found numerically
-# --------------------------------------------------------------------------------------------
+# ---- The optimal embeddings, found numerically ---------------------------------------------------
 
 def optimize_embeddings(loss_fn, n, d, batch_size=None, fixed_batches=True, steps=1000, lr=0.2,
                         seed=0):
     """Minimise loss_fn over n free unit-norm pairs in R^d: the "optimal encoder" of section 5.
 
-    loss_fn(u, v) -> scalar, u, v: (m, d), e.g. lambda u, v: losses.simclr_loss(u, v, 0.5).
-    batch_size None: full batch, L(U, V). Otherwise m = batch_size must divide n and each step
-    minimises sum_k L(U_[I_k], V_[I_k]) over the b = n/m batches: the fixed
-    I_k = [m(k-1)+1 : mk] of Thm 5.5 when fixed_batches, else a fresh random partition every step
-    (reshuffling, as in practice).
-    Parameters are free vectors normalised in the forward pass; Adam, lr cosine-decayed to 0 so
-    the last steps settle into the minimum; float64. The defaults reach the simplex of Thm 5.1 to
-    about 1e-15 at n = 8; flat losses (SigLIP with large t and b, near eq. (10)'s boundary) need
-    more steps. Deterministic for a seed (own generator for the init and the shuffles).
-    The tensors are tiny: torch.set_num_threads(1) is faster, 10x so on a busy CPU.
+    loss_fn(u, v) -> scalar, u, v: (m, d), e.g. partial(losses.simclr_loss, temperature=0.5).
+    batch_size None: the full batch, L(U, V). Otherwise m = batch_size must divide n and each
+    step minimises sum_k L(U_[I_k], V_[I_k]) over the b = n/m batches: Thm 5.5's fixed
+    I_k = [m(k-1)+1 : mk] when fixed_batches, else a fresh random partition every step
+    (reshuffling, as in practice). Free vectors normalised in the forward pass, Adam with the lr
+    cosine-decayed to 0 so that the last steps settle into the minimum, float64, deterministic
+    for a seed. Flat losses (SigLIP with large t and b, near eq. (10)'s boundary) need more
+    steps. The tensors are tiny: torch.set_num_threads(1) runs faster, most on a busy CPU.
     Returns u, v: (n, d), unit rows, detached.
     """
     m = n if batch_size is None else batch_size
@@ -277,20 +263,18 @@ def optimize_embeddings(loss_fn, n, d, batch_size=None, fixed_batches=True, step
     return F.normalize(U.detach(), dim=1), F.normalize(V.detach(), dim=1)
 
 
-# --------------------------------------------------------------------------------------------
-# A finished training run against the theory
-# --------------------------------------------------------------------------------------------
+# ---- A finished training run against the theory --------------------------------------------------
 
 def compare_with_theory(stats, n, m):
-    """Rows {'quantity', 'predicted', 'measured', 'note'} comparing measured similarity
-    statistics (eval.similarity_stats of a sample of pairs: floats or 0-d tensors, 'count' the
-    number of pairs in the sample) with section 5, for a run on n training pairs, batch size m.
+    """Rows {'quantity', 'predicted', 'measured', 'note'} comparing the similarity statistics of
+    a sample of pairs (similarity_stats: floats or 0-d tensors, 'count' the number of pairs in
+    the sample) with section 5, for a run on n training pairs, batch size m.
 
-    The optimum of the theory assumes a free encoder with d >= n-1 and fixed batches; a real run
-    has d = 128 << n = 50,000 and reshuffles, and its Var[s_neg] (about 0.14 on CIFAR-100) sits
-    far above eq. (11). Compare trends across runs (batch size, lam), not values. The one exact
-    statement is Thm 5.2: it holds for any f, so a violation means the statistics are wrong. It
-    bounds the mean over the sample's own pairs, so it is applied with the sample's count, not n.
+    The theory's optimum assumes a free encoder with d >= n-1 and fixed batches; a real run has
+    d << n and reshuffles, and its Var[s_neg] sits far above eq. (11): compare trends across runs
+    (batch size, lam), not values. The one exact statement is Thm 5.2: it holds for any f, so a
+    violation means the statistics are wrong. It bounds the mean over the sample's own pairs, so
+    it is applied with the sample's count, not n.
     """
     missing = [key for key in ("pos_mean", "neg_mean", "neg_var", "count") if key not in stats]
     if missing:
@@ -337,17 +321,14 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-# Experiments on free embeddings: the numbers behind the lab and the figures
-# --------------------------------------------------------------------------------------------
+# ---- Experiments on free embeddings: the numbers behind the lab and the figures ------------------
 
 def figure2_configurations():
-    """Fig. 2: n = 4 pairs in R^3 with u_i = v_i, three optima. Returns one dict per
-    configuration: 'name', 'u' (4, 3), 'm' (its batches are rows [0, m), [m, 2m), ...),
-    'neg_mean' and 'neg_var' measured by similarity_stats. All three have E[s_neg] = -1/3;
-    Var[s_neg] is 8/9 when both batches {1, 2}, {3, 4} use one antipodal pair, 2/9 when the two
-    pairs lie on orthogonal lines (both optima of the fixed-batch loss), and 0 for the full-batch
-    optimum, a regular tetrahedron."""
+    """Fig. 2: n = 4 pairs in R^3 with u_i = v_i, three optima. One dict per configuration:
+    'name', 'u' (4, 3), 'm' (its batches are rows [0, m), [m, 2m), ...), and 'neg_mean' and
+    'neg_var' by similarity_stats: E[s_neg] = -1/3 in all three; Var[s_neg] is 8/9 when both
+    batches {1, 2}, {3, 4} use one antipodal pair, 2/9 when the two pairs lie on orthogonal lines
+    (both optima of the fixed-batch loss), and 0 for the full-batch optimum, a tetrahedron."""
     configurations = [("mini-batch optimum, maximum variance", 2, True),
                       ("mini-batch optimum, minimum variance", 2, False),
                       ("full-batch optimum, a tetrahedron", 4, False)]
@@ -363,9 +344,9 @@ def figure2_configurations():
 def variance_vs_batch(n=24, ms=(2, 3, 4, 6, 8, 12), steps=300, seed=0):
     """Thm 5.5 against the batch size: SimCLR (tau = 0.5) on n free pairs in R^n, trained on
     fixed batches and on batches reshuffled every step. One dict per m: eq. (11)'s 'low' and
-    'high', the measured Var[s_neg] of each, 'fixed' and 'reshuffled'. Fixed batches land inside
-    eq. (11); reshuffled batches let every pair meet and head for the full-batch simplex
-    (Var = 0): at n = 24 after 300 steps (seed 0) they are 2x (m = 2) to 6x (m = 12) lower."""
+    'high', and the measured Var[s_neg] of each, 'fixed' and 'reshuffled'. Fixed batches land
+    inside eq. (11); reshuffled batches let every pair meet, and head for the full-batch simplex
+    (Var = 0)."""
     loss_fn = partial(losses.simclr_loss, temperature=0.5)
     rows = []
     for m in ms:
@@ -384,8 +365,7 @@ def siglip_phase(ts, bs, n=8, within_view=False, steps=600, seed=0):
     the measured 'gap' = 1 - min_i s_pos of the full-batch SigLIP optimum of n free pairs in
     R^n. Where eq. (10) is false the optimum is the simplex (gap 0, Thm 5.1 (iii)); with
     within_view=True it is the simplex everywhere (Thm 5.1 (ii)). Large t and b make the loss
-    flat: at t = 10, b = 6 (seed 0) 600 steps still leave a gap of 4e-4 (1e-4 with
-    within_view), where t = 7 leaves 2e-6."""
+    flat: there a few hundred steps leave a small gap where the theory has none."""
     points = []
     for b in bs:
         for t in ts:
@@ -415,13 +395,22 @@ def vrns_sweep(lams, fixed_batches, n=32, m=8, steps=500, seed=0):
     return rows
 
 
-# --------------------------------------------------------------------------------------------
-# The lab: every claim of section 5, predicted vs measured
-# --------------------------------------------------------------------------------------------
+# ---- The lab: every claim of section 5, predicted vs measured ------------------------------------
 
 def _row(claim, quantity, predicted, measured, ok, check):
     return {"claim": claim, "quantity": quantity, "predicted": predicted, "measured": measured,
             "check": check, "result": "PASS" if ok else "FAIL"}
+
+
+def _near(claim, quantity, predicted, measured, tol):
+    """A row that passes when |measured - predicted| < tol; tol as printed, e.g. "1e-6"."""
+    return _row(claim, quantity, predicted, measured, abs(measured - predicted) < float(tol),
+                f"+- {tol}")
+
+
+def _gap(claim, quantity, gap, tol):
+    """A row for a gap >= 0 that the theory puts at 0: passes when gap < tol."""
+    return _row(claim, quantity, 0.0, gap, gap < float(tol), f"< {tol}")
 
 
 def _simplex_gram(k):
@@ -430,76 +419,67 @@ def _simplex_gram(k):
 
 
 def _lab_full_batch(seed):
-    """Thm 5.1 for every loss of Tables 2-3 at n = d = 8: UV^T equals S* entrywise."""
-    n, d, tau = 8, 8, 0.5
+    """Thm 5.1 for every loss of Tables 2-3 at n = d = 8: UV^T equals S* entrywise. Spectral CL
+    is outside Def. 3.2 (psi = x^2 is not increasing on [-1, 0]): its penalty is least at s = 0,
+    so UV^T = I when d >= n, and at d = n-1 a tight frame, |s_ij| = 1/(n-1) with free signs."""
+    n, tau = 8, 0.5
+    targets = {"S*": _simplex_gram(n), "I": torch.eye(n, dtype=torch.float64)}  # (n, n) each
     cases = [
-        ("InfoNCE tau=0.5", partial(losses.infonce_loss, temperature=tau)),
-        ("SimCLR tau=0.5", partial(losses.simclr_loss, temperature=tau)),
-        ("DCL tau=0.5", partial(losses.dcl_loss, temperature=tau)),
-        ("DHEL tau=0.5", partial(losses.dhel_loss, temperature=tau)),
+        ("Thm 5.1", "InfoNCE tau=0.5", partial(losses.infonce_loss, temperature=tau), "S*"),
+        ("Thm 5.1", "SimCLR tau=0.5", partial(losses.simclr_loss, temperature=tau), "S*"),
+        ("Thm 5.1", "DCL tau=0.5", partial(losses.dcl_loss, temperature=tau), "S*"),
+        ("Thm 5.1", "DHEL tau=0.5", partial(losses.dhel_loss, temperature=tau), "S*"),
         # eq. (10): ratio 5.0 >= (n-2)/2 = 3, no excessive separation, Thm 5.1 (iii)
-        ("SigLIP t=5 b=3", partial(losses.siglip_loss, t=5.0, b=3.0)),
+        ("Thm 5.1", "SigLIP t=5 b=3", partial(losses.siglip_loss, t=5.0, b=3.0), "S*"),
         # b = 2 separates excessively (Ex. 5.4); within-view negatives (c2 = 1) cure it
-        ("SigLIP+within t=5 b=2", partial(losses.siglip_loss, t=5.0, b=2.0, within_view=True)),
+        ("Thm 5.1", "SigLIP+within t=5 b=2",
+         partial(losses.siglip_loss, t=5.0, b=2.0, within_view=True), "S*"),
+        ("not 5.1", "Spectral", partial(losses.spectral_loss, within_view=False), "I"),
+        ("not 5.1", "Spectral+within", partial(losses.spectral_loss, within_view=True), "I"),
     ]
     rows = []
-    for name, loss_fn in cases:
-        u, v = optimize_embeddings(loss_fn, n, d, steps=600, seed=seed)
-        gap = (u @ v.T - _simplex_gram(n)).abs().max().item()
-        rows.append(_row("Thm 5.1", f"{name}: max|UV^T - S*|", 0.0, gap, gap < 1e-6, "< 1e-6"))
-    # Spectral CL: psi = x^2 is not increasing on [-1, 0], outside Def. 3.2, so Thm 5.1 does not
-    # apply. Its penalty is smallest at s = 0: orthogonal pairs, UV^T = I, when d >= n; at
-    # d = n-1 a tight frame, |s_ij| = 1/(n-1) with free signs, so E[s_neg] != -1/(n-1).
-    for within in (False, True):
-        loss_fn = partial(losses.spectral_loss, within_view=within)
-        u, v = optimize_embeddings(loss_fn, n, d, steps=600, seed=seed)
-        gap = (u @ v.T - torch.eye(n, dtype=torch.float64)).abs().max().item()
-        name = "Spectral+within" if within else "Spectral"
-        rows.append(_row("not 5.1", f"{name}: max|UV^T - I|", 0.0, gap, gap < 1e-6, "< 1e-6"))
+    for claim, name, loss_fn, target in cases:
+        u, v = optimize_embeddings(loss_fn, n, n, steps=600, seed=seed)
+        gap = (u @ v.T - targets[target]).abs().max().item()
+        rows.append(_gap(claim, f"{name}: max|UV^T - {target}|", gap, "1e-6"))
     u, v = optimize_embeddings(losses.spectral_loss, n, n - 1, seed=seed)  # slow: 1000 steps
-    gap = ((u @ v.T).abs() - _simplex_gram(n).abs()).abs().max().item()
-    rows.append(_row("not 5.1", "Spectral d=n-1: max||UV^T| - |S*||", 0.0, gap, gap < 1e-6,
-                     "< 1e-6"))
+    gap = ((u @ v.T).abs() - targets["S*"].abs()).abs().max().item()
+    rows.append(_gap("not 5.1", "Spectral d=n-1: max||UV^T| - |S*||", gap, "1e-6"))
     return rows
 
 
 def _lab_excessive_separation(seed):
-    """Ex. 5.4 / Thm 5.3 at n = d = 8, t = 5: eq. (10) flips between b = 2.7 and b = 2.8."""
-    n, d, t = 8, 8, 5.0
+    """Ex. 5.4 at n = d = 8, t = 5: eq. (10) flips between b = 2.7 and b = 2.8."""
     rows = []
-    for b in (2.0, 2.7, 2.8):
-        predicted = siglip_excessive_separation(t, b, n)
-        u, v = optimize_embeddings(partial(losses.siglip_loss, t=t, b=b), n, d, steps=600,
-                                   seed=seed)
-        gap = 1 - (u * v).sum(1).min().item()
-        rows.append(_row("Ex. 5.4", f"SigLIP t=5 b={b:g}: 1 - min s_pos",
-                         "> 0 (eq.10 true)" if predicted else "0 (eq.10 false)", gap,
-                         gap > 1e-3 if predicted else gap < 1e-6,
-                         "> 1e-3" if predicted else "< 1e-6"))
-        if b == 2.0:
-            e_neg = float(similarity_stats(u, v)["neg_mean"])
-            target = negative_similarity_optimum(n)
-            rows.append(_row("Thm 5.3", "SigLIP t=5 b=2: E[s_neg]", f"< {target:.6f}", e_neg,
-                             e_neg < target - 1e-3, "< pred - 1e-3"))
+    for p in siglip_phase((5.0,), (2.0, 2.7, 2.8), n=8, steps=600, seed=seed):
+        quantity = f"SigLIP t=5 b={p['b']:g}: 1 - min s_pos"
+        if p["predicted"]:
+            rows.append(_row("Ex. 5.4", quantity, "> 0 (eq.10 true)", p["gap"], p["gap"] > 1e-3,
+                             "> 1e-3"))
+        else:
+            rows.append(_row("Ex. 5.4", quantity, "0 (eq.10 false)", p["gap"], p["gap"] < 1e-6,
+                             "< 1e-6"))
     return rows
 
 
 def _lab_positive_bound(seed):
-    """Thm 5.2 as the exact identity of positive_similarity_bound's proof: the slack
-    1 + E[s_neg] + 1/(n-1) - E[s_pos] against (n|u_bar|^2 + n|v_bar|^2 + sum_i |a_i - c_i|^2)
-    / (2(n-1)), on random pairs, an excessively separated SigLIP optimum, and two equality cases
-    (u = v with sum_i u_i = 0): antipodal pairs at random angles and the simplex. A bound with
-    1/n in place of 1/(n-1) would be off by 1/(n(n-1)) = 0.018 at n = 8."""
+    """Thm 5.3, then Thm 5.2 as the exact identity of positive_similarity_bound's proof, at
+    n = d = 8. The excessively separated SigLIP optimum (t = 5, b = 2) has E[s_neg] below
+    -1/(n-1), which by Thm 5.2 forces E[s_pos] below 1. The identity is checked there, on random
+    pairs and on two equality cases (u = v, sum_i u_i = 0). A bound with 1/n in place of
+    1/(n-1) would be off by 1/(n(n-1)) = 0.018."""
     n, d = 8, 8
+    siglip = optimize_embeddings(partial(losses.siglip_loss, t=5.0, b=2.0), n, d, steps=600,
+                                 seed=seed)
+    e_neg, target = float(similarity_stats(*siglip)["neg_mean"]), negative_similarity_optimum(n)
+    rows = [_row("Thm 5.3", "SigLIP t=5 b=2: E[s_neg]", f"< {target:.6f}", e_neg,
+                 e_neg < target - 1e-3, "< pred - 1e-3")]
     g = torch.Generator().manual_seed(seed)
     u_rand = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)  # (n, d)
     v_rand = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)  # (n, d)
     w = F.normalize(torch.randn(n // 2, d, generator=g, dtype=torch.float64), dim=1)  # (n/2, d)
     antipodal = torch.cat([w, -w])  # (n, d)
     simplex = batch_simplices(n, n, d)  # (n, d)
-    siglip = optimize_embeddings(partial(losses.siglip_loss, t=5.0, b=2.0), n, d, steps=600,
-                                 seed=seed)
-    rows = []
     for name, (u, v) in [("random u, v", (u_rand, v_rand)), ("SigLIP t=5 b=2", siglip),
                          ("antipodal u = v", (antipodal, antipodal)),
                          ("simplex ETF", (simplex, simplex))]:
@@ -508,47 +488,43 @@ def _lab_positive_bound(seed):
         a, c = u - u.mean(0), v - v.mean(0)  # (n, d) each, the centred views
         identity = (n * u.mean(0).square().sum() + n * v.mean(0).square().sum()
                     + (a - c).square().sum()).item() / (2 * (n - 1))
-        rows.append(_row("Thm 5.2", f"{name}: bound - E[s_pos]", identity, slack,
-                         abs(slack - identity) < 1e-12, "+- 1e-12"))
+        rows.append(_near("Thm 5.2", f"{name}: bound - E[s_pos]", identity, slack, "1e-12"))
     return rows
 
 
 def _lab_fixed_batches(seed):
-    """Thm 5.5: SimCLR (tau = 0.5) on fixed batches at d = n. S_kk: the k-th diagonal block."""
+    """Thm 5.5: SimCLR (tau = 0.5) on fixed batches at d = n, then the two ends of eq. (11)."""
     loss_fn = partial(losses.simclr_loss, temperature=0.5)
     rows = []
     for n, m in [(8, 2), (8, 4), (12, 3), (12, 4)]:
         u, v = optimize_embeddings(loss_fn, n, n, batch_size=m, steps=600, seed=seed)
-        stats = {key: float(value) for key, value in similarity_stats(u, v).items()}
+        stats = similarity_stats(u, v)
+        e_neg, var = float(stats["neg_mean"]), float(stats["neg_var"])
         low, high = minibatch_variance_bounds(n, m)
-        tag = f"n={n} m={m}"
-        rows.append(_row("Thm 5.5", f"{tag}: Var[s_neg]", (low, high), stats["neg_var"],
-                         low - 1e-6 <= stats["neg_var"] <= high + 1e-6, "in +- 1e-6"))
-        # Exact, not only approximate: each batch simplex sums to 0, so sum_i u_i = 0.
-        gap = abs(stats["neg_mean"] - negative_similarity_optimum(n))
-        rows.append(_row("Thm 5.5", f"{tag}: E[s_neg]", negative_similarity_optimum(n),
-                         stats["neg_mean"], gap < 1e-6, "+- 1e-6"))
-        S = u @ v.T  # (n, n)
-        gap = max((S[k:k + m, k:k + m] - _simplex_gram(m)).abs().max().item()
-                  for k in range(0, n, m))
-        rows.append(_row("Thm 5.5", f"{tag}: max|S_kk - S*_m|", 0.0, gap, gap < 1e-6, "< 1e-6"))
+        S = u @ v.T  # (n, n)  its k-th diagonal block S_kk holds batch k's pairs
+        block_gap = max((S[k:k + m, k:k + m] - _simplex_gram(m)).abs().max().item()
+                        for k in range(0, n, m))
+        rows += [_row("Thm 5.5", f"n={n} m={m}: Var[s_neg]", (low, high), var,
+                      low - 1e-6 <= var <= high + 1e-6, "in +- 1e-6"),
+                 # exact, not only approximate: each batch simplex sums to 0, so sum_i u_i = 0
+                 _near("Thm 5.5", f"n={n} m={m}: E[s_neg]", negative_similarity_optimum(n),
+                       e_neg, "1e-6"),
+                 _gap("Thm 5.5", f"n={n} m={m}: max|S_kk - S*_m|", block_gap, "1e-6")]
     # The two ends of eq. (11). Every placement of the batch simplices is optimal (cross-batch
     # pairs are in no loss), so at d = n the optimiser lands in between; at d = m-1 all batches
     # must share one subspace: the upper end. The lower end is built and has the same loss.
     n, m = 12, 4
     low, high = minibatch_variance_bounds(n, m)
     u, v = optimize_embeddings(loss_fn, n, m - 1, batch_size=m, steps=600, seed=seed)
-    var = float(similarity_stats(u, v)["neg_var"])
-    rows.append(_row("Thm 5.5", f"n={n} m={m} d=m-1: Var[s_neg]", high, var,
-                     abs(var - high) < 1e-6, "+- 1e-6"))
+    rows.append(_near("Thm 5.5", f"n={n} m={m} d=m-1: Var[s_neg]", high,
+                      float(similarity_stats(u, v)["neg_var"]), "1e-6"))
     trained = sum(loss_fn(u[k:k + m], v[k:k + m]) for k in range(0, n, m)).item()
     w = batch_simplices(n, m, n)  # (n, n)  batch simplices in orthogonal subspaces
     built = sum(loss_fn(w[k:k + m], w[k:k + m]) for k in range(0, n, m)).item()
-    var = float(similarity_stats(w, w)["neg_var"])
-    rows.append(_row("Thm 5.5", f"n={n} m={m} orthogonal batches: Var", low, var,
-                     abs(var - low) < 1e-9, "+- 1e-9"))
-    rows.append(_row("Thm 5.5", "  ... their loss - optimiser's loss", 0.0, built - trained,
-                     abs(built - trained) < 1e-6, "+- 1e-6"))
+    rows.append(_near("Thm 5.5", f"n={n} m={m} orthogonal batches: Var", low,
+                      float(similarity_stats(w, w)["neg_var"]), "1e-9"))
+    rows.append(_near("Thm 5.5", "  ... their loss - optimiser's loss", 0.0, built - trained,
+                      "1e-6"))
     return rows
 
 
@@ -583,50 +559,37 @@ def _lab_batch_gradient(seed):
         smallest = min(smallest, large[off2].min().item())
         smaller_minus_larger = min(smaller_minus_larger,
                                    (small - large[:m1, :m1])[off1].min().item())
-    return [
-        _row("Thm 5.6", "L(S) - losses.infonce_loss(u, v)", 0.0, value_gap, value_gap < 1e-12,
-             "< 1e-12"),
-        _row("Thm 5.6", "closed-form dL/dS - autograd", 0.0, autograd_gap, autograd_gap < 1e-12,
-             "< 1e-12"),
-        _row("Thm 5.6", "min_{i!=j} dL/ds_ij at m=8", ">= 0", smallest, smallest >= 0, ">= 0"),
-        _row("Thm 5.6", "min_{i!=j} dL_m1/ds_ij - dL_m2/ds_ij", ">= 0", smaller_minus_larger,
-             smaller_minus_larger >= 0, ">= 0"),
-    ]
+    return [_gap("Thm 5.6", "L(S) - losses.infonce_loss(u, v)", value_gap, "1e-12"),
+            _gap("Thm 5.6", "closed-form dL/dS - autograd", autograd_gap, "1e-12"),
+            _row("Thm 5.6", "min_{i!=j} dL/ds_ij at m=8", ">= 0", smallest, smallest >= 0,
+                 ">= 0"),
+            _row("Thm 5.6", "min_{i!=j} dL_m1/ds_ij - dL_m2/ds_ij", ">= 0",
+                 smaller_minus_larger, smaller_minus_larger >= 0, ">= 0")]
 
 
 def _lab_vrns(seed):
-    """Def. 5.7 at n = d = 32, m = 8, 500 steps: L_VRNS alone, then SimCLR (tau = 0.5) +
-    lam L_VRNS on fixed and on reshuffled batches.
-
-    L_VRNS alone reaches its minimum, every negative at the target: E[s_neg] = -1/(n-1), 1e-3
-    away from a wrong target -1/n. With SimCLR, E[s_neg] = -1/(n-1) under reshuffling whatever
-    the target (SimCLR drives sum_i u_i to 0, the least E[s_neg] there is); the term's effect is
-    on the variance. Measured (seed 0): reshuffling alone also heads for the full-batch simplex,
-    Var[s_neg] at lam = 0 is 5.1e-3, 1.2e-3, 5.0e-4 after 500, 2000, 6000 steps; lam = 10 gets
-    there 40-60x sooner (8.6e-5, 2.8e-5, 1.2e-5). An encoder with d << n cannot reach the
-    simplex at all.
-    """
+    """Def. 5.7 at n = d = 32, m = 8, 500 steps: L_VRNS alone puts every negative at its target
+    -1/(n-1) (1e-3 away from a wrong -1/n); then vrns_sweep. Reshuffling alone heads slowly for
+    the full-batch simplex; lam speeds it up."""
     n, m, steps = 32, 8, 500
     target = negative_similarity_optimum(n)
     u, v = optimize_embeddings(lambda u, v: losses.vrns_loss(u, v, n), n, n, batch_size=m,
                                fixed_batches=False, steps=steps, seed=seed)
     stats = similarity_stats(u, v)
-    e_neg, var = float(stats["neg_mean"]), float(stats["neg_var"])
-    rows = [_row("Def. 5.7", "L_VRNS alone reshuffled: E[s_neg]", target, e_neg,
-                 abs(e_neg - target) < 1e-4, "+- 1e-4"),
-            _row("Def. 5.7", "L_VRNS alone reshuffled: Var[s_neg]", 0.0, var, var < 1e-4,
-                 "< 1e-4")]
+    rows = [_near("Def. 5.7", "L_VRNS alone reshuffled: E[s_neg]", target,
+                  float(stats["neg_mean"]), "1e-4"),
+            _gap("Def. 5.7", "L_VRNS alone reshuffled: Var[s_neg]", float(stats["neg_var"]),
+                 "1e-4")]
     low, high = minibatch_variance_bounds(n, m)
     fixed_0, fixed_10 = vrns_sweep((0.0, 10.0), True, n, m, steps, seed)
     rows.append(_row("Def. 5.7", "lam=0 fixed: Var[s_neg]", (low, high), fixed_0["neg_var"],
                      low - 1e-6 <= fixed_0["neg_var"] <= high + 1e-6, "in eq. (11)"))
-    # cross-batch pairs never meet in a loss: the term lifts E[s_neg] instead
     rows.append(_row("Def. 5.7", "lam=10 fixed: E[s_neg]", f"> {target:.6f}",
                      fixed_10["neg_mean"], fixed_10["neg_mean"] > target + 1e-3, "> pred + 1e-3"))
     previous, tag = fixed_0["neg_var"], "lam=0 fixed"
     for r in vrns_sweep((0.0, 1.0, 10.0), False, n, m, steps, seed):
-        rows.append(_row("Def. 5.7", f"lam={r['lam']:g} reshuffled: E[s_neg]", target,
-                         r["neg_mean"], abs(r["neg_mean"] - target) < 1e-4, "+- 1e-4"))
+        rows.append(_near("Def. 5.7", f"lam={r['lam']:g} reshuffled: E[s_neg]", target,
+                          r["neg_mean"], "1e-4"))
         rows.append(_row("Def. 5.7", f"lam={r['lam']:g} reshuffled: Var[s_neg]",
                          f"< {previous:.2e} ({tag})", r["neg_var"], r["neg_var"] < previous,
                          "falls"))
@@ -635,72 +598,14 @@ def _lab_vrns(seed):
 
 
 def run_lab(seed=0):
-    """Every lab row, in the order of the paper's section 5. About 20 s on one CPU thread."""
+    """Every lab row, in the order of the paper's section 5."""
     return (_lab_full_batch(seed) + _lab_excessive_separation(seed) + _lab_positive_bound(seed)
             + _lab_fixed_batches(seed) + _lab_figure2() + _lab_batch_gradient(seed)
             + _lab_vrns(seed))
 
 
-def _compare_run(out_dir):
-    """Table for `--run`: reads out_dir/summary.json written by train.py."""
-    with open(os.path.join(out_dir, "summary.json")) as f:
-        summary = json.load(f)
-    n, m = summary["n_train"], summary["args"]["batch_size"]
-    table = format_table(compare_with_theory(summary["table1_stats"], n, m))
-    return (f"{out_dir}: n = {n} training pairs, batch size m = {m}\n{table}\n"
-            "The theorems assume a free encoder with d >= n-1 and fixed batches; a trained "
-            "encoder has\nd << n and reshuffles, so compare trends across runs, not values.")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", metavar="OUT_DIR", default=None,
-                        help="compare a finished training run (OUT_DIR/summary.json) with the "
-                             "theory instead of running the lab; default: run the lab")
-    parser.add_argument("--plot", action="store_true",
-                        help="write the theory's four figures as PNGs to --plot-dir instead of "
-                             "running the lab (about a minute on one CPU thread)")
-    parser.add_argument("--plot-dir", default="figures",
-                        help="directory for --plot's PNGs (default: figures)")
-    parser.add_argument("--quick", action="store_true",
-                        help="with --plot: coarse grids and few steps, seconds instead of a "
-                             "minute; for a smoke test, not for reading")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the initial embeddings (default 0); every lab row should "
-                             "pass for any seed")
-    args = parser.parse_args(argv)
-    if args.run is not None:
-        try:
-            print(_compare_run(args.run))
-        except KeyError as e:
-            print(f"theory.py --run {args.run}: summary.json lacks key {e}", file=sys.stderr)
-            return 2
-        except (OSError, ValueError, TypeError) as e:
-            print(f"theory.py --run {args.run}: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
-        return 0
-    # The tensors are tiny: one thread is faster, and a second one is up to 10x slower when
-    # other processes share the cores.
-    torch.set_num_threads(1)
-    start = time.time()
-    if args.plot:
-        plot_figures(args.plot_dir, quick=args.quick, seed=args.seed)
-        print(f"{time.time() - start:.1f} s wall on 1 CPU thread")
-        return 0
-    rows = run_lab(args.seed)
-    print(format_table(rows))
-    print("\nnot 5.1: Spectral CL's psi = x^2 is not increasing on [-1, 0], outside Def. 3.2; its "
-          "optimum puts\nnegatives at 0 (d >= n) or at +-1/(n-1) (d = n-1), not at -1/(n-1).")
-    failed = sum(row["result"] == "FAIL" for row in rows)
-    print(f"\n{len(rows) - failed}/{len(rows)} rows pass, seed {args.seed}, "
-          f"{time.time() - start:.1f} s wall on 1 CPU thread")
-    return 1 if failed else 0
-
-
-# ============================================================================================
-# Figures: python theory.py --plot. Each draws the numbers of one experiment function above;
-# matplotlib is imported here only, so the rest of the file does not need it.
-# ============================================================================================
+# ---- Figures (--plot): each draws the numbers of one experiment above ----------------------------
+# matplotlib is imported inside plot_figures only, so the rest of the file does not need it.
 
 def plot_figures(out_dir, quick=False, seed=0):
     """Write the four figures as PNGs into out_dir; print and return their paths."""
@@ -820,6 +725,64 @@ def _draw_vrns_sweep(plt, quick, seed):
                  f"m = {m}, {steps} steps", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+
+# ---- The command line ---------------------------------------------------------------------------
+
+def _compare_run(out_dir):
+    """Table for `--run`: reads out_dir/summary.json written by train.py."""
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        summary = json.load(f)
+    n, m = summary["n_train"], summary["args"]["batch_size"]
+    table = format_table(compare_with_theory(summary["table1_stats"], n, m))
+    return (f"{out_dir}: n = {n} training pairs, batch size m = {m}\n{table}\n"
+            "The theorems assume a free encoder with d >= n-1 and fixed batches; a trained "
+            "encoder has\nd << n and reshuffles, so compare trends across runs, not values.")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", metavar="OUT_DIR", default=None,
+                        help="compare a finished training run (OUT_DIR/summary.json) with the "
+                             "theory instead of running the lab; default: run the lab")
+    parser.add_argument("--plot", action="store_true",
+                        help="write the theory's four figures as PNGs to --plot-dir instead of "
+                             "running the lab (about a minute on one CPU thread)")
+    parser.add_argument("--plot-dir", default="figures",
+                        help="directory for --plot's PNGs (default: figures)")
+    parser.add_argument("--quick", action="store_true",
+                        help="with --plot: coarse grids and few steps, seconds instead of a "
+                             "minute; for a smoke test, not for reading")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the initial embeddings (default 0); every lab row should "
+                             "pass for any seed")
+    args = parser.parse_args(argv)
+    if args.run is not None:
+        try:
+            print(_compare_run(args.run))
+        except KeyError as e:
+            print(f"theory.py --run {args.run}: summary.json lacks key {e}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError, TypeError) as e:
+            print(f"theory.py --run {args.run}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        return 0
+    # The tensors are tiny: a second thread only adds overhead, most when the cores are shared.
+    torch.set_num_threads(1)
+    start = time.time()
+    if args.plot:
+        plot_figures(args.plot_dir, quick=args.quick, seed=args.seed)
+        print(f"{time.time() - start:.1f} s wall on 1 CPU thread")
+        return 0
+    rows = run_lab(args.seed)
+    print(format_table(rows))
+    print("\nnot 5.1: Spectral CL's psi = x^2 is not increasing on [-1, 0], outside Def. 3.2; its "
+          "optimum puts\nnegatives at 0 (d >= n) or at +-1/(n-1) (d = n-1), not at -1/(n-1).")
+    failed = sum(row["result"] == "FAIL" for row in rows)
+    print(f"\n{len(rows) - failed}/{len(rows)} rows pass, seed {args.seed}, "
+          f"{time.time() - start:.1f} s wall on 1 CPU thread")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
