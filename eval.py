@@ -36,6 +36,38 @@ from theory import similarity_stats  # Def. 4.1, exact over all pairs
 CKPT_FORMAT = "embedding-similarity-ckpt/1"  # the marker of write_checkpoint, below
 
 
+def class_split_stats(u, v, labels):
+    """The cross-view negatives s_ij = u_i^T v_j (i != j) of Def. 4.1 split by whether images i
+    and j share a class: mean, variance and ordered pair count of each part, exact, without the
+    N x N matrix (per-class Gram matrices, C x d x d). With few classes the same-class pairs,
+    which a good encoder pulls together, set a floor under Var[s_neg] that batch size cannot
+    move; the different-class part is what the paper's argument is about.
+
+    u, v: (N, d) (normalised here); labels: (N,) ints in [0, C). Returns 0-d float64 tensors
+    same_mean, same_var, diff_mean, diff_var and Python ints same_count, diff_count."""
+    if labels.shape != (len(u),) or labels.min() < 0:
+        raise ValueError(f"need one label >= 0 per row of u, got shape {tuple(labels.shape)}")
+    u = F.normalize(u.detach().double(), dim=1)  # (N, d)
+    v = F.normalize(v.detach().double(), dim=1)  # (N, d)
+    Y = F.one_hot(labels.long()).double()  # (N, C)
+    pos = (u * v).sum(1)  # (N,) s_ii
+    N, sizes = len(u), Y.sum(0)  # sizes: (C,) images per class
+    su, sv = Y.T @ u, Y.T @ v  # (C, d) per-class sums
+    gu = torch.einsum("nc,nd,ne->cde", Y, u, u)  # (C, d, d) per-class Gram matrices
+    gv = torch.einsum("nc,nd,ne->cde", Y, v, v)
+    same = {"sum": (su * sv).sum() - pos.sum(), "sq": (gu * gv).sum() - (pos ** 2).sum(),
+            "count": int((sizes * (sizes - 1)).sum())}
+    total = {"sum": u.sum(0) @ v.sum(0) - pos.sum(),
+             "sq": ((u.T @ u) * (v.T @ v)).sum() - (pos ** 2).sum(), "count": N * (N - 1)}
+    diff = {k: total[k] - same[k] for k in total}
+    out = {}
+    for name, part in (("same", same), ("diff", diff)):
+        mean = part["sum"] / max(part["count"], 1)
+        out.update({f"{name}_mean": mean, f"{name}_var": part["sq"] / max(part["count"], 1)
+                    - mean ** 2, f"{name}_count": part["count"]})
+    return out
+
+
 @torch.no_grad()
 def similarity_histograms(u, v, *, bins=100, max_chunk=2 ** 24):
     """Bin counts over [-1, 1] of the N positive similarities s_ii and of the N(N-1) cross-view
@@ -164,25 +196,31 @@ def table1_embeddings(model, images, *, augment_kwargs, generator=None, batch_si
 
 
 def table1_stats(model, images, *, augment_kwargs, generator=None, batch_size=512,
-                 device="cpu"):
+                 device="cpu", labels=None):
     """Table 1 protocol: two augmentations of each image (5,000 training images in the paper),
     projector outputs z, and the exact similarity_stats over all their pairs, as Python numbers
-    for JSON."""
+    for JSON; with the images' labels also the negatives split by class (class_split_stats,
+    keys prefixed neg_same_ and neg_diff_)."""
     u, v = table1_embeddings(model, images, augment_kwargs=augment_kwargs, generator=generator,
                              batch_size=batch_size, device=device)  # (N, d) each
-    return {key: s.item() if torch.is_tensor(s) else s
-            for key, s in similarity_stats(u, v).items()}
+    stats = dict(similarity_stats(u, v))
+    if labels is not None and labels.min() >= 0:  # stl10_unlabeled has labels -1
+        split = class_split_stats(u, v, labels.to(u.device))
+        stats.update({f"neg_{k}": value for k, value in split.items()})
+    return {key: s.item() if torch.is_tensor(s) else s for key, s in stats.items()}
 
 
 def table1_images(dataset, *, data_dir, count=5000, train_size=0, seed=0, size=None):
-    """The first `count` training images, uint8 (N, 3, H, W): Table 1 draws its positive pairs
-    by augmenting 5,000 training images. ImageFolder images are resized to `size` on reading."""
+    """The first `count` training images, uint8 (N, 3, H, W), and their labels (N,) (-1 for
+    stl10_unlabeled): Table 1 draws its positive pairs by augmenting 5,000 training images.
+    ImageFolder images are resized to `size` on reading."""
     if dataset == "imagefolder":
         folder = data.datasets.ImageFolder(os.path.join(data_dir, "train"))
         N = min(count, train_size or len(folder), len(folder))
-        return data.imagefolder_images(folder, range(N), size)[0]
-    images = data.load_dataset(dataset, data_dir=data_dir, train=True, seed=seed)[0]
-    return images[:min(count, train_size or len(images))]
+        return data.imagefolder_images(folder, range(N), size)
+    images, labels, _ = data.load_dataset(dataset, data_dir=data_dir, train=True, seed=seed)
+    N = min(count, train_size or len(images))
+    return images[:N], labels[:N]
 
 
 def monitor_images(dataset, *, data_dir, count, seed, size, data_seed=0):
@@ -324,17 +362,18 @@ def evaluate_run(model, run, *, data_dir, probe_epochs=200, seed=0, device="cpu"
                                      train_size=run["train_size"],
                                      test_size=run.get("test_size", 0), augment_kwargs=aug,
                                      seed=run["data_seed"], device=device, workers=workers)
-    pairs = table1_images(run["dataset"], data_dir=data_dir, size=aug["size"],
-                          train_size=run["train_size"], seed=run["data_seed"])
+    pairs, pair_labels = table1_images(run["dataset"], data_dir=data_dir, size=aug["size"],
+                                       train_size=run["train_size"], seed=run["data_seed"])
     return evaluate(model, *feats, pairs, num_classes=classes, augment_kwargs=aug,
-                    probe_epochs=probe_epochs, seed=seed, device=device)
+                    probe_epochs=probe_epochs, seed=seed, device=device, pair_labels=pair_labels)
 
 
 def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, num_classes,
-             augment_kwargs, probe_epochs=200, seed=0, device="cpu"):
+             augment_kwargs, probe_epochs=200, seed=0, device="cpu", pair_labels=None):
     """Everything the paper measures on a pre-trained model: linear-probe and kNN top-1 (%) of the
     encoder features (computed by split_features), and the Table 1 similarity statistics of the
-    projector outputs on two augmentations of pair_images (5,000 training images in the paper)."""
+    projector outputs on two augmentations of pair_images (5,000 training images in the paper),
+    with pair_labels also split into same-class and different-class negatives."""
     gen = torch.Generator(device=device).manual_seed(seed)
     return {
         "linear_acc": linear_probe(train_f, train_labels, test_f, test_labels,
@@ -342,7 +381,7 @@ def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, 
         "knn_acc": knn_accuracy(train_f, train_labels, test_f, test_labels,
                                 num_classes=num_classes),
         "table1_stats": table1_stats(model, pair_images, augment_kwargs=augment_kwargs,
-                                            generator=gen, device=device),
+                                     generator=gen, device=device, labels=pair_labels),
     }
 
 
@@ -390,7 +429,7 @@ def run_figure_data(path, *, data_dir=None, bins=100, seed=None, device="cpu"):
         raise ValueError(f"{metrics}: no epoch record of this train.py (the curves need one)")
     aug = data.augment_kwargs(run["dataset"], run.get("image_size", 0))
     images = table1_images(run["dataset"], data_dir=data_dir or run["data_dir"], size=aug["size"],
-                           train_size=run["train_size"], seed=run["data_seed"])
+                           train_size=run["train_size"], seed=run["data_seed"])[0]
     u, v = table1_embeddings(model_of(ckpt).to(device), images, augment_kwargs=aug, device=device,
                              generator=torch.Generator(device=device).manual_seed(seed))
     pos, neg = similarity_histograms(u, v, bins=bins)

@@ -290,7 +290,7 @@ def test_plot_writes_both_figures_from_the_table1_protocol(tmp_path, capsys):
         mean = (centres.double() @ counts / counts.sum()).item()
         assert mean == pytest.approx(fig["stats"][f"{kind}_mean"], abs=0.025), kind
     ckpt = evaluation.read_checkpoint(str(base))
-    images = evaluation.table1_images("shapes", data_dir="", train_size=count)
+    images = evaluation.table1_images("shapes", data_dir="", train_size=count)[0]
     want = evaluation.table1_stats(evaluation.model_of(ckpt), images,
                                    augment_kwargs=data.augment_kwargs("shapes", 16),
                                    generator=torch.Generator().manual_seed(5))
@@ -320,3 +320,24 @@ def test_evaluation_on_the_gpu_matches_the_cpu():
                                                 max_chunk=1000)
     want_pos, want_neg = evaluation.similarity_histograms(u.double(), v.double(), bins=20)
     assert torch.equal(pos.cpu(), want_pos) and torch.equal(neg.cpu(), want_neg)
+
+
+def test_class_split_counts_and_moments_as_a_loop():
+    """The negatives split by class against a loop over every ordered pair i != j, float64."""
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(2, 30, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (30,), generator=g)
+    un, vn = F.normalize(u, dim=1), F.normalize(v, dim=1)
+    parts = {"same": [], "diff": []}
+    for i in range(30):
+        for j in range(30):
+            if i != j:
+                parts["same" if labels[i] == labels[j] else "diff"].append(float(un[i] @ vn[j]))
+    got, pasted = evaluation.class_split_stats(u, v, labels), \
+        paste_alone(evaluation.class_split_stats)(u, v, labels)
+    for name, values in parts.items():
+        values = torch.tensor(values, dtype=torch.float64)
+        assert got[f"{name}_count"] == pasted[f"{name}_count"] == len(values)
+        assert got[f"{name}_mean"].item() == pytest.approx(values.mean().item(), abs=1e-12)
+        assert got[f"{name}_var"].item() == pytest.approx(values.var(unbiased=False).item(),
+                                                          abs=1e-12)

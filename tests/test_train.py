@@ -37,7 +37,7 @@ def read_jsonl(path):
 
 # ---- smoke runs --------------------------------------------------------------------------------
 
-def test_train_then_eval_scripts(tmp_path):
+def test_train_then_eval_scripts(tmp_path, capsys):
     out = tmp_path / "run"
     r = run_script("train.py", *TINY, "--log-every", "1", "--out-dir", str(out))
     assert r.returncode == 0, r.stderr
@@ -78,8 +78,9 @@ def test_train_then_eval_scripts(tmp_path):
     r = run_script("theory.py", "--run", str(out))
     assert r.returncode == 0, r.stderr
     if not torch.cuda.is_available():
-        r = run_script("eval.py", "--ckpt", str(out), "--device", "cuda")
-        assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr
+        with pytest.raises(SystemExit) as e:
+            evaluation.main(["--ckpt", str(out), "--device", "cuda"])
+        assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra", [
@@ -130,11 +131,12 @@ def test_bad_flags_fail_fast(argv, words, capsys):
     assert words in err and len(err.splitlines()) == 1
 
 
-def test_unknown_choice_and_script_exit_status():
-    r = run_script("train.py", "--loss", "nope")
-    assert r.returncode == 2 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
-    r = run_script("train.py", "--epochs", "-3")
+def test_unknown_choice_and_script_exit_status(capsys):
+    r = run_script("train.py", "--epochs", "-3")  # the script's own exit status
     assert r.returncode == 2 and "--epochs" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(SystemExit) as e:
+        train.main(["--loss", "nope"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_refuses_to_clobber_a_run(tmp_path, capsys):
@@ -279,7 +281,7 @@ def test_resume_keeps_the_thread_count(tmp_path, capsys):
     assert "--threads 1 (run used 2)" in capsys.readouterr().err
 
 
-def test_resume_on_another_device_type(tmp_path):
+def test_resume_on_another_device_type(tmp_path, capsys):
     """A checkpoint written on a GPU resumes on the CPU: the optimiser state moves, the views
     come from the CPU generator, and the run says it is no longer bit-identical."""
     argv = [*TINY, "--epochs", "2", "--out-dir", str(tmp_path)]
@@ -288,9 +290,9 @@ def test_resume_on_another_device_type(tmp_path):
     ckpt.update(step=8, epochs_logged=1, finished=False, device="cuda")
     evaluation.atomic_save(ckpt, str(tmp_path / "ckpt.pt"))
     (tmp_path / "summary.json").unlink()
-    r = run_script("train.py", "--resume", str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    assert "resuming a cuda run on cpu" in r.stderr and "reproducible" in r.stderr
+    train.main(["--resume", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "resuming a cuda run on cpu" in err and "reproducible" in err
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 2
     assert json.loads((tmp_path / "summary.json").read_text())["n_train"] == 256
 
