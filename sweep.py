@@ -146,12 +146,23 @@ def knn_plateau(metrics_path):
     return knn[-1][1] - before[-1] if before else None
 
 
+def class_split(run_dir, summary):
+    """Var[s_neg] of the different-class negatives (eval.class_split_stats), from summary.json
+    or, for runs evaluated again by `python eval.py --ckpt RUN`, from RUN/eval.json; or None."""
+    stats = summary["table1_stats"]
+    if "neg_diff_var" not in stats and os.path.isfile(os.path.join(run_dir, "eval.json")):
+        with open(os.path.join(run_dir, "eval.json")) as f:
+            stats = json.load(f)["table1_stats"]
+    return stats.get("neg_diff_var")
+
+
 def read_run(run_dir):
     """A finished run directory -> its flags and the figures a sweep compares."""
     with open(os.path.join(run_dir, "summary.json")) as f:
         s = json.load(f)
     return {"dir": run_dir, "args": s["args"], "linear": s["linear_acc"], "knn": s["knn_acc"],
             **{k: s["table1_stats"][k] for k in ("pos_mean", "neg_mean", "neg_var")},
+            "diff_var": class_split(run_dir, s),
             "wall": s["total_wall_s"], "commit": s.get("commit", "not recorded"),
             "plateau": knn_plateau(os.path.join(run_dir, "metrics.jsonl"))}
 
@@ -187,7 +198,9 @@ def summarize(groups):
             row = {"flags": dict(key), "lam": lam, "seeds": seeds,
                    **{k: [runs[s][k] for s in seeds] for k in STATS},
                    "plateau": [runs[s]["plateau"] for s in seeds
-                               if runs[s]["plateau"] is not None]}
+                               if runs[s]["plateau"] is not None],
+                   "diff_var": [runs[s]["diff_var"] for s in seeds
+                                if runs[s]["diff_var"] is not None]}
             if lam > 0:
                 both = [s for s in seeds if s in base]
                 row["gain_linear"] = [runs[s]["linear"] - base[s]["linear"] for s in both]
@@ -246,7 +259,8 @@ def markdown(rows, other):
     """The report: one line per (group, lam); `other` = the flags besides loss, m and tau
     that differ between groups, shown in a last column."""
     head = ["loss", "m", "τ", "λ", "seeds (n)", "linear %", "kNN %", "linear gain, 95 % CI",
-            "kNN gain, 95 % CI", "E[s_pos]", "E[s_neg]", "Var[s_neg]", "Var drop %, 95 % CI",
+            "kNN gain, 95 % CI", "E[s_pos]", "E[s_neg]", "Var[s_neg]",
+            "Var[s_neg], different-class pairs", "Var drop %, 95 % CI",
             "kNN change, last 20 % of epochs", "wall s"] + ["other flags"] * bool(other)
     return table(head, [
         [r["flags"]["loss"], r["flags"]["batch_size"], r["flags"].get("temperature"),
@@ -254,7 +268,8 @@ def markdown(rows, other):
          cell(r["linear"], ".1f"), cell(r["knn"], ".1f"),
          cell(r.get("gain_linear", []), "+.1f", True), cell(r.get("gain_knn", []), "+.1f", True),
          f"{mean_std(r['pos_mean'])[0]:.3f}", f"{mean_std(r['neg_mean'])[0]:.4f}",
-         cell(r["neg_var"], ".4f"), cell(r.get("var_drop", []), "+.0f", True),
+         cell(r["neg_var"], ".4f"), cell(r["diff_var"], ".4f"),
+         cell(r.get("var_drop", []), "+.0f", True),
          cell(r["plateau"], "+.1f"), f"{mean_std(r['wall'])[0]:.0f}"]
         + [named(r["flags"], other)] * bool(other) for r in rows])
 

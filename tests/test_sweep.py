@@ -142,3 +142,18 @@ def test_tiny_sweep_skips_finished_runs_and_refuses_other_epochs(tmp_path, capsy
     assert capsys.readouterr().out.count("--epochs 2 (the run: 1)") == 2
     (row0, row1) = sweep.summarize(sweep.collect(tmp_path))
     assert (row0["lam"], row1["lam"]) == (0.0, 1.0) and len(row1["gain_linear"]) == 1
+
+
+def test_different_class_variance_from_summary_or_a_later_eval(tmp_path):
+    """Var[s_neg] of different-class pairs: summary.json's when the run computed it, otherwise
+    RUN/eval.json's from `python eval.py --ckpt RUN`; '-' when neither has it."""
+    new = fake_run(tmp_path, seed=0)
+    summary = json.loads((new / "summary.json").read_text())
+    summary["table1_stats"]["neg_diff_var"] = 0.04
+    (new / "summary.json").write_text(json.dumps(summary))
+    old = fake_run(tmp_path, seed=1)
+    (old / "eval.json").write_text(json.dumps({"table1_stats": {"neg_diff_var": 0.06}}))
+    fake_run(tmp_path, seed=2)
+    (row,) = sweep.summarize(sweep.collect(tmp_path))
+    assert row["diff_var"] == [0.04, 0.06]
+    assert "| 0.0500 ± 0.0141 |" in sweep.markdown([row], [])
