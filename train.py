@@ -419,7 +419,8 @@ def choose_speed(model, *, batch, size, threads, precision, device):
         bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return threads or cores, (precision if precision != "auto"
                                   else "bf16" if bf16_ok else "fp32")
-    candidates = [(t, p) for t in ([threads] if threads else sorted({cores, cores - 1, 1}))
+    counts = [threads] if threads else sorted({cores, max(cores - 1, 1), 1})
+    candidates = [(t, p) for t in counts
                   for p in ([precision] if precision != "auto" else ["fp32", "bf16"])]
     if len(candidates) == 1:
         return candidates[0]

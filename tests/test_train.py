@@ -352,3 +352,15 @@ def test_contrastive_step_pastes_alone_and_returns_the_batch_statistics():
         assert torch.allclose(now.double(), torch.stack(expected).double(), atol=1e-5)
     (now_a, params_a), (now_b, params_b) = results
     assert torch.equal(now_a, now_b) and all(map(torch.equal, params_a, params_b))
+
+
+def test_choose_speed_times_only_real_candidates():
+    """On one core (the tests' setting) the candidates are 1 thread in fp32 and bf16: no count
+    of 0 threads, which torch refuses. A fixed --threads and --precision skip the timing."""
+    model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
+    cpu = torch.device("cpu")
+    threads, precision = train.choose_speed(model, batch=4, size=16, threads=0,
+                                            precision="auto", device=cpu)
+    assert threads == 1 and precision in ("fp32", "bf16")
+    assert train.choose_speed(model, batch=4, size=16, threads=3, precision="fp32",
+                              device=cpu) == (3, "fp32")
