@@ -121,12 +121,7 @@ def train(args, stop, resumed=None):
     source, n = training_images(args, device)  # (n, 3, H, W) uint8 on device, or a folder
     m, aug = args.batch_size, data.augment_kwargs(args.dataset, args.image_size)
     tracked = tracked_images(source, n, args.track_size, seed=args.seed, size=aug["size"])
-    monitor = None
-    if args.monitor_size and rank == 0:  # (bank, labels, queries, labels, classes) on device
-        monitor = evaluation.monitor_images(args.dataset, data_dir=args.data_dir,
-                                            count=args.monitor_size, seed=args.seed,
-                                            size=aug["size"], data_seed=args.data_seed)
-        monitor = [t.to(device) for t in monitor[:4]] + [monitor[4]]
+    monitor = monitor_images(args, aug, device) if args.monitor_size and rank == 0 else None
 
     torch.manual_seed(args.seed)  # the initial weights
     model = models.ContrastiveModel(args.arch, width=args.width, stem=args.stem)
@@ -213,16 +208,8 @@ def train(args, stop, resumed=None):
         # ---- end of an epoch: exact statistics of the tracked images, the accuracy monitor,
         # then a checkpoint
         if rank == 0:
-            t0 = time.time()
-            stats = evaluation.table1_stats(
-                model, tracked, augment_kwargs=aug, device=device,
-                generator=torch.Generator(device=device).manual_seed(args.seed + 1))
-            t1 = time.time()
-            knn = None if monitor is None else evaluation.knn_monitor(
-                model.encoder, *monitor[:4], num_classes=monitor[4], mean=aug["mean"],
-                std=aug["std"], device=device)
-            seconds["tracked_stats"] += t1 - t0
-            seconds["monitor"] += time.time() - t1
+            stats, knn = epoch_statistics(model, tracked, monitor, aug=aug, seed=args.seed,
+                                          device=device, seconds=seconds)
             log.epoch(epoch, step, lr, time.time() - start_time,
                       {k: v / steps_per_epoch for k, v in zip(STEP_STATS, sums.tolist())},
                       stats, predicted, knn)
@@ -514,6 +501,30 @@ def tracked_images(source, n, count, *, seed, size):
     if isinstance(source, torch.Tensor):
         return source[idx.to(source.device)]
     return data.imagefolder_images(source.folder, idx, size)[0]
+
+
+def monitor_images(args, aug, device):
+    """The accuracy monitor's labelled images on the device: (bank, labels, queries, labels,
+    number of classes)."""
+    *images, classes = evaluation.monitor_images(args.dataset, data_dir=args.data_dir,
+                                                 count=args.monitor_size, seed=args.seed,
+                                                 size=aug["size"], data_seed=args.data_seed)
+    return [t.to(device) for t in images] + [classes]
+
+
+def epoch_statistics(model, tracked, monitor, *, aug, seed, device, seconds):
+    """End of an epoch: the exact Table 1 statistics of the tracked images and the kNN monitor
+    (None when off); their times are added to seconds["tracked_stats"] and ["monitor"]."""
+    start = time.time()
+    stats = evaluation.table1_stats(model, tracked, augment_kwargs=aug, device=device,
+                                    generator=torch.Generator(device=device).manual_seed(seed + 1))
+    middle = time.time()
+    knn = None if monitor is None else evaluation.knn_monitor(
+        model.encoder, *monitor[:4], num_classes=monitor[4], mean=aug["mean"], std=aug["std"],
+        device=device)
+    seconds["tracked_stats"] += middle - start
+    seconds["monitor"] += time.time() - middle
+    return stats, knn
 
 
 def epoch_views(source, batches, *, rows, aug, generator, seed, first_step, workers, device):
