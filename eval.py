@@ -389,7 +389,7 @@ def model_of(ckpt, *, random_init=False):
     """The ContrastiveModel of a checkpoint, on the CPU: its trained weights, or with random_init
     the untrained weights train.py evaluates as its baseline (seeded with the run's seed + 1)."""
     run = ckpt["args"]
-    torch.manual_seed(run["seed"] + 1)  # what train.py seeds before building its baseline
+    torch.manual_seed(run["seed"] + 1)  # the baseline's seed; trained weights replace it below
     model = models.ContrastiveModel(run["arch"], width=run["width"], stem=run["stem"])
     if not random_init:
         model.load_state_dict(ckpt["model"])
