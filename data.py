@@ -3,7 +3,9 @@ operations, and the batch schedule (reshuffled every epoch, or the fixed batches
 
 - `make_shapes` draws the offline default dataset: 10 shape classes from signed distance
   functions; colour, position, scale and pixel noise are nuisances, each destroyed by some
-  augmentation, so the shape is the only thing two views share.
+  augmentation, so the shape is the only thing two views share. `fills=True` draws shapes100,
+  100 classes (shape x fill pattern): harder, and with 1 % of negative pairs in one class (10 %
+  for shapes), closer to CIFAR-100 where the paper measures its Table 1.
 - `load_dataset` reads shapes, CIFAR-10/100 and STL-10 (torchvision's on-disk formats) into memory.
 - `augment` / `two_views`: SimCLR's augmentation (App. D) on a whole batch, on whatever device
   the images are on, with per-image random parameters from one torch.Generator. `augment` chains
@@ -39,9 +41,11 @@ from torchvision import datasets, transforms as T
 
 # Channel mean/std of the training split, splatted into augment/normalize:
 # augment(x, **AUGMENT_PRESETS['cifar'], **DATASET_STATS['cifar10']). ImageNet's values also serve
-# ImageNet-100 and Tiny-ImageNet; shapes' are measured on make_shapes(50_000, seed=0).
+# ImageNet-100 and Tiny-ImageNet; shapes' are measured on make_shapes(50_000, seed=0) (and with
+# fills=True for shapes100).
 DATASET_STATS = {
     'shapes': dict(mean=(0.499, 0.499, 0.500), std=(0.317, 0.309, 0.321)),
+    'shapes100': dict(mean=(0.499, 0.499, 0.500), std=(0.314, 0.305, 0.317)),
     'cifar10': dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
     'cifar100': dict(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
     'stl10': dict(mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713)),
@@ -84,6 +88,39 @@ _SDFS = (  # in SHAPE_CLASSES order; sizes chosen so the shapes cover similar ar
     lambda x, y: torch.minimum(_box(x + 0.45, y, 0.3, 0.9), _box(x, y - 0.6, 0.75, 0.3)),
     lambda x, y: torch.maximum(torch.hypot(x, y - 0.35) - 1.0, y - 0.35),
 )
+
+
+def _stripes(t, period, half_width):
+    """Signed distance to parallel lines t = period * (k + 1/2) of the given half width."""
+    return ((t / period) % 1 - 0.5).abs() * period - half_width
+
+
+# shapes100's fill patterns, as signed distances (< 0 painted) in units of the radius. Every one
+# is symmetric under a horizontal flip and has a fixed phase at the shape's centre, so crop and
+# flip keep the pattern; stripes are 0.3 radius wide (2.4-4.2 px at 32 px).
+_P = 0.6  # period
+FILL_PATTERNS = ('solid', 'outline', 'h_stripes', 'v_stripes', 'checker', 'dots', 'rings',
+                 'grid', 'top_half', 'diagonal_grid')
+_FILLS = (  # in FILL_PATTERNS order
+    lambda x, y: torch.full_like(x + y, -1.0),
+    lambda x, y: torch.full_like(x + y, 1.0),  # only the outline (drawn for every pattern)
+    lambda x, y: _stripes(y, _P, _P / 4) + 0 * x,
+    lambda x, y: _stripes(x, _P, _P / 4) + 0 * y,
+    lambda x, y: _checker(_stripes(x, _P, _P / 4), _stripes(y, _P, _P / 4)),
+    lambda x, y: torch.hypot(((x / _P) % 1 - 0.5) * _P, ((y / _P) % 1 - 0.5) * _P) - 0.2,
+    lambda x, y: _stripes(torch.hypot(x, y), _P, _P / 4),
+    lambda x, y: torch.minimum(_stripes(x, _P, 0.1), _stripes(y, _P, 0.1)),
+    lambda x, y: y + 0 * x,
+    lambda x, y: torch.minimum(_stripes((x + y) / 2 ** 0.5, _P, 0.1),
+                               _stripes((x - y) / 2 ** 0.5, _P, 0.1)),
+)
+
+
+def _checker(dx, dy):
+    """Painted where both stripe distances have one sign; distance to the nearer edge."""
+    return -torch.sign(dx * dy) * torch.minimum(dx.abs(), dy.abs())
+
+
 _LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights exactly as torchvision's rgb_to_grayscale
 
 
@@ -95,7 +132,7 @@ def _colours(v, g):
     return v + chroma * room.amin(1, keepdim=True) * torch.rand(len(v), 1, generator=g)  # (n, 3)
 
 
-def make_shapes(n, *, seed, image_size=32):
+def make_shapes(n, *, seed, image_size=32, fills=False):
     """n images (n, 3, H, W) uint8 and labels (n,) int64, deterministic in seed; classes balanced.
 
     Nuisances and the augmentation that destroys each: colours -> colour jitter (strong hue) and
@@ -104,13 +141,19 @@ def make_shapes(n, *, seed, image_size=32):
     luminance differ by 0.3-0.7 so the shape survives grayscale. Backgrounds are flat: with strong
     colour gradients an encoder learned the background instead of the shape. Raw pixels are a
     poor feature: a linear probe on them scores 14-23% (chance 10%).
-    Cost: about 0.3 s for n = 5,000 on one CPU core.
+    Cost: about 0.3 s for n = 5,000 on one CPU core (3 s with fills).
+
+    fills=True draws shapes100: label = shape + 10 * fill pattern (FILL_PATTERNS), each shape
+    outlined 1.5 px wide and filled with its pattern in the foreground colour. The random draws
+    are those of fills=False, so the 10-class dataset is unchanged by the option.
     """
     if n < 1 or image_size < 8:
         raise ValueError(f'make_shapes needs n >= 1 and image_size >= 8, got {n}, {image_size}')
     g = torch.Generator().manual_seed(seed)
     H = image_size
-    labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]  # (n,)
+    classes = len(SHAPE_CLASSES) * (len(FILL_PATTERNS) if fills else 1)
+    labels = (torch.arange(n) % classes)[torch.randperm(n, generator=g)]  # (n,)
+    shape = labels % len(SHAPE_CLASSES)  # (n,)
     r = (8 + 6 * torch.rand(n, generator=g)) * H / 32  # (n,) radius in pixels
     centre = 0.9 * r[:, None] + (H - 1.8 * r[:, None]) * torch.rand(n, 2, generator=g)  # (n, 2)
     v_bg = torch.rand(n, 1, generator=g)  # (n, 1) background luminance
@@ -119,11 +162,20 @@ def make_shapes(n, *, seed, image_size=32):
     pix = torch.arange(H) + 0.5  # (H,) pixel centres
     images = torch.empty(n, 3, H, H, dtype=torch.uint8)
     for k, sdf in enumerate(_SDFS):  # one vectorised pass per class keeps the peak memory low
-        i = (labels == k).nonzero().squeeze(1)  # (n_k,)
+        i = (shape == k).nonzero().squeeze(1)  # (n_k,)
         rk = r[i, None, None]  # (n_k, 1, 1)
         x = (pix[None, None, :] - centre[i, 0, None, None]) / rk  # (n_k, 1, W)
         y = (pix[None, :, None] - centre[i, 1, None, None]) / rk  # (n_k, H, 1)
-        alpha = (0.5 - sdf(x, y) * rk).clamp(0, 1)[:, None]  # (n_k, 1, H, W) 1-px antialiased
+        d = sdf(x, y) * rk  # (n_k, H, W) signed distance in pixels
+        alpha = (0.5 - d).clamp(0, 1)  # (n_k, H, W) 1-px antialiased
+        if fills:
+            outline = (0.5 - ((d + 0.75).abs() - 0.75)).clamp(0, 1)  # (n_k, H, W)
+            fill_of = labels[i] // len(SHAPE_CLASSES)  # (n_k,)
+            for f, fill in enumerate(_FILLS):
+                j = (fill_of == f).nonzero().squeeze(1)  # (n_kf,)
+                painted = (0.5 - fill(x[j], y[j]) * rk[j]).clamp(0, 1)  # (n_kf, H, W)
+                alpha[j] = alpha[j] * torch.maximum(painted, outline[j])
+        alpha = alpha[:, None]  # (n_k, 1, H, W)
         img = bg[i, :, None, None] + alpha * (fg[i] - bg[i])[:, :, None, None]  # (n_k, 3, H, W)
         img = img + 0.03 * torch.randn(img.shape, generator=g)
         images[i] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -140,7 +192,7 @@ _CIFAR = {  # name -> (folder, train files, test files, label key, classes, torc
 }
 # Every dataset train.py can train on. 'imagefolder' is an ImageNet-style tree (ImageNet-100,
 # Tiny-ImageNet) streamed through ImageFolderPairs; the others load into memory (load_dataset).
-DATASETS = ('shapes', 'cifar10', 'cifar100', 'stl10', 'stl10_unlabeled', 'imagefolder')
+DATASETS = ('shapes', 'shapes100', 'cifar10', 'cifar100', 'stl10', 'stl10_unlabeled', 'imagefolder')
 
 
 def _require(folder, files):
@@ -190,9 +242,11 @@ def load_dataset(name, *, data_dir, train, download=False, seed=0, n_shapes=None
     test 2*seed+1, so the splits never share an image; data_dir is ignored).
     'stl10_unlabeled' is STL-10's 100,000 unlabeled images (2.8 GB; labels -1; train only).
     """
-    if name == 'shapes':
+    if name in ('shapes', 'shapes100'):
         n = n_shapes if n_shapes is not None else 5000
-        return (*make_shapes(n, seed=2 * seed + (0 if train else 1)), len(SHAPE_CLASSES))
+        fills = name == 'shapes100'
+        x, y = make_shapes(n, seed=2 * seed + (0 if train else 1), fills=fills)
+        return x, y, len(SHAPE_CLASSES) * (len(FILL_PATTERNS) if fills else 1)
     if name not in DATASETS or name == 'imagefolder':
         raise ValueError(f'load_dataset reads {[d for d in DATASETS if d != "imagefolder"]}, got '
                          f'{name!r} (an imagefolder tree streams through ImageFolderPairs)')
@@ -235,8 +289,8 @@ AUGMENT_PRESETS = {
 }
 
 # dataset -> its AUGMENT_PRESETS entry (ImageFolder trees are ImageNet-like)
-PRESET_OF = {'shapes': 'shapes', 'cifar10': 'cifar', 'cifar100': 'cifar', 'stl10': 'stl10',
-             'stl10_unlabeled': 'stl10', 'imagefolder': 'imagenet'}
+PRESET_OF = {'shapes': 'shapes', 'shapes100': 'shapes', 'cifar10': 'cifar', 'cifar100': 'cifar',
+             'stl10': 'stl10', 'stl10_unlabeled': 'stl10', 'imagefolder': 'imagenet'}
 
 
 def augment_kwargs(dataset, image_size=0):

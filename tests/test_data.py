@@ -58,6 +58,24 @@ def test_load_shapes_splits_differ():
     assert len(data.load_dataset('shapes', data_dir=None, train=False)[0]) == 5000
 
 
+
+def test_shapes100_labels_are_shape_and_fill():
+    # label = shape + 10 * fill; the 10-class images are unchanged by the option; a fill shows
+    # inside the shape: the outline-only class (fill 1) paints less of the shape than solid (0).
+    x, y = data.make_shapes(400, seed=1, fills=True)
+    assert torch.equal(torch.bincount(y, minlength=100), torch.full((100,), 4))
+    x10, y10 = data.make_shapes(400, seed=1)
+    assert torch.equal(y % 10, y10)
+    solid = (y // 10 == 0)
+    assert torch.equal(x[solid], x10[solid])  # same draws; a solid fill is the old image
+    gray = x.float().mean(1)  # (n, H, W)
+    contrast = (gray - gray.flatten(1).median(1).values[:, None, None]).abs().gt(40)
+    painted = contrast.flatten(1).float().mean(1)  # share of pixels off the background
+    assert painted[y // 10 == 1].mean() < 0.6 * painted[solid].mean()
+    xtr, ytr, k = data.load_dataset('shapes100', data_dir=None, train=True, n_shapes=200)
+    assert k == 100 and ytr.max() < 100 and len(data.FILL_PATTERNS) == 10
+    assert data.augment_kwargs('shapes100')['size'] == 32
+
 # ---------------------------------------------------------------------------------------------
 # Real datasets, written in torchvision's on-disk formats
 
