@@ -442,81 +442,16 @@ def run_figure_data(path, *, data_dir=None, bins=100, seed=None, device="cpu"):
 
 
 def write_figures(runs, plot_dir):
-    """similarities.png and curves.png of the figure data of one or more runs, into plot_dir;
-    returns their paths."""
+    """similarities.png and curves.png of the figure data of one or more runs, drawn by
+    figures.py (imported here only, and with it matplotlib) into plot_dir; returns their paths."""
+    import figures
+
     os.makedirs(plot_dir, exist_ok=True)
-    paths = [os.path.join(plot_dir, name) for name in ("similarities.png", "curves.png")]
-    plot_histograms(runs, paths[0])
-    plot_curves(runs, paths[1])
+    paths = []
+    for name, draw in (("similarities.png", figures.similarities), ("curves.png", figures.curves)):
+        paths.append(os.path.join(plot_dir, name))
+        draw(runs).savefig(paths[-1], dpi=120)
     return paths
-
-
-def plot_histograms(runs, path):
-    """similarities.png: the density of the positive and the negative similarities of each run
-    (figure data of run_figure_data), their means, -1/(n-1) and -1/(m-1)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for i, run in enumerate(runs):
-        colour, theory, stats = f"C{i}", run["curves"]["theory"], run["stats"]
-        for ax, kind in zip(axes, ("pos", "neg")):
-            counts = torch.tensor(run[f"{kind}_counts"], dtype=torch.float64)  # (bins,)
-            edges = torch.linspace(-1, 1, len(counts) + 1)  # (bins + 1,)
-            density = counts / counts.sum() / (edges[1] - edges[0])  # (bins,) integrates to 1
-            ax.stairs(density.numpy(), edges.numpy(), color=colour,
-                      label=f"{run['label']}\nmean {stats[kind + '_mean']:.3f}, "
-                            f"var {stats[kind + '_var']:.4f}")
-            ax.axvline(stats[f"{kind}_mean"], color=colour, lw=1)
-        first = i == 0  # one legend entry per kind of line
-        axes[1].axvline(theory["neg_optimum"], color="k", ls=":",
-                        label="-1/(n-1), full-batch optimum" if first else None)
-        axes[1].axvline(theory["within_batch_neg"], color="k", ls="-.",
-                        label="-1/(m-1), in-batch optimum" if first else None)
-    count = runs[0]["stats"]["count"]
-    axes[0].set_title(f"positive pairs s_ii ({count:,} images, two augmentations)")
-    axes[1].set_title(f"negative pairs s_ij, i != j ({count * (count - 1):,})")
-    for ax in axes:
-        ax.set_xlabel("cosine similarity of projector outputs")
-        ax.set_ylabel("density")
-        ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_curves(runs, path):
-    """curves.png: per epoch, the loss, L_VRNS, E[s_pos], E[s_neg] and Var[s_neg] of each run
-    (solid: the tracked training images, exact; dashed: mean over the epoch's batches), with
-    -1/(n-1), -1/(m-1) and the eq. (11) range of Var[s_neg]."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 5, figsize=(20, 3.6), constrained_layout=True)
-    titles = ("loss (batch mean)", "L_VRNS (batch mean)", "E[s_pos]", "E[s_neg]", "Var[s_neg]")
-    for i, run in enumerate(runs):
-        c, colour, theory = run["curves"], f"C{i}", run["curves"]["theory"]
-        first = i == 0  # one legend entry per kind of line
-        axes[0].plot(c["epoch"], c["batch_loss"], color=colour, label=run["label"])
-        axes[1].plot(c["epoch"], c["batch_vrns"], color=colour)
-        for ax, key in zip(axes[2:], ("pos_mean", "neg_mean", "neg_var")):
-            ax.plot(c["epoch"], c[f"tracked_{key}"], color=colour,
-                    label="tracked images, exact" if first else None)
-            ax.plot(c["epoch"], c[f"batch_{key}"], color=colour, ls="--",
-                    label="in-batch, epoch mean" if first else None)
-        axes[3].axhline(theory["neg_optimum"], color="k", ls=":",
-                        label="-1/(n-1), full-batch optimum" if first else None)
-        axes[3].axhline(theory["within_batch_neg"], color="k", ls="-.",
-                        label="-1/(m-1), in-batch optimum" if first else None)
-        axes[4].axhspan(theory["var_low"], theory["var_high"], color="k", alpha=0.1,
-                        label="eq. (11) range" if first else None)
-    axes[4].set_yscale("log")  # the eq. (11) range lies decades below a real run's variance
-    for ax, title in zip(axes, titles):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-    for ax in (axes[0], *axes[2:]):
-        ax.legend(fontsize=7)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------

@@ -303,45 +303,29 @@ def provenance(groups, rows):
 
 def plot(rows, plot_dir):
     """sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line per (loss, lam,
-    other flags); with several tau also sweep_gain_vs_tau.png. Bars: 95 % t intervals."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    other flags); with several tau also sweep_gain_vs_tau.png. Bars: 95 % t intervals. Drawn
+    by figures.py, imported here only (and with it matplotlib)."""
+    import figures
+
     os.makedirs(plot_dir, exist_ok=True)
-    flags_of_line = varying(rows, but=("loss",))
-    figures = [("batch_size", ("neg_var", "linear"), "batch size m",
-                ("Var[s_neg] (Table 1 protocol)", "linear probe top-1 (%)"), "sweep_batch_size")]
+    plots = [("batch_size", ("neg_var", "linear"), "batch size m",
+              ("Var[s_neg] (Table 1 protocol)", "linear probe top-1 (%)"), "sweep_batch_size")]
     if len({r["flags"].get("temperature") for r in rows}) > 1:
-        figures.append(("temperature", ("gain_linear", "gain_knn"), "temperature τ",
-                        ("linear gain over λ = 0 (points)", "kNN gain over λ = 0 (points)"),
-                        "sweep_gain_vs_tau"))
+        plots.append(("temperature", ("gain_linear", "gain_knn"), "temperature τ",
+                      ("linear gain over λ = 0 (points)", "kNN gain over λ = 0 (points)"),
+                      "sweep_gain_vs_tau"))
     paths = []
-    for x, keys, xlabel, ylabels, name in figures:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        lines = {}
-        for r in rows:
-            if r.get(keys[0]):
-                label = ", ".join(filter(None, [r["flags"]["loss"], f"λ = {r['lam']:g}", named(
-                    r["flags"], [k for k in flags_of_line if k != x])]))
-                lines.setdefault(label, []).append(r)
-        for label, line in sorted(lines.items()):
-            line.sort(key=lambda r: r["flags"][x])
-            xs = [r["flags"][x] for r in line]
-            for ax, key in zip(axes, keys):
-                points = [t_interval(r[key]) for r in line]
-                ax.errorbar(xs, [p[0] for p in points], marker="o", capsize=3, label=label,
-                            yerr=[0 if math.isnan(p[1]) else p[1] for p in points])
-        for ax, ylabel in zip(axes, ylabels):
-            ax.set_xscale("log", base=2)
-            xs = sorted({r["flags"][x] for r in rows})
-            ax.set_xticks(xs, [f"{v:g}" for v in xs])  # the swept values, not powers of 2
-            ax.set(xlabel=xlabel, ylabel=ylabel)
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
+    for x, keys, xlabel, ylabels, name in plots:
+        others = [k for k in varying(rows, but=("loss",)) if k != x]
+        lines = {}  # label -> [(x, (mean, half-width) of each key)], in order of x
+        for r in sorted((r for r in rows if r.get(keys[0])), key=lambda r: r["flags"][x]):
+            label = ", ".join(filter(None, [r["flags"]["loss"], f"λ = {r['lam']:g}",
+                                            named(r["flags"], others)]))
+            point = (r["flags"][x], *(t_interval(r[k]) for k in keys))
+            lines.setdefault(label, []).append(point)
+        ticks = sorted({r["flags"][x] for r in rows})
         paths.append(os.path.join(plot_dir, name + ".png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        figures.sweep(lines, ticks, xlabel, ylabels).savefig(paths[-1], dpi=110)
     return paths
 
 

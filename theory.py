@@ -38,7 +38,6 @@ import numbers
 import os
 import sys
 import time
-from fractions import Fraction
 from functools import partial
 
 import numpy as np
@@ -604,128 +603,37 @@ def run_lab(seed=0):
             + _lab_vrns(seed))
 
 
-# ---- Figures (--plot): each draws the numbers of one experiment above ----------------------------
-# matplotlib is imported inside plot_figures only, so the rest of the file does not need it.
+# ---- Figures (--plot): the experiments above, drawn by figures.py --------------------------------
 
 def plot_figures(out_dir, quick=False, seed=0):
-    """Write the four figures as PNGs into out_dir; print and return their paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Write the four figures as PNGs into out_dir (quick: coarse grids, few steps); print and
+    return their paths. figures.py, and with it matplotlib, is imported here only."""
+    import figures
 
+    n, ms, steps = (12, (3, 6), 100) if quick else (24, (2, 3, 4, 6, 8, 12), 300)
+    ts, bs, phase_steps = (((1.0, 10.0), (-2.0, 6.0), 100) if quick else
+                           ((1.0, 4.0, 7.0, 10.0), (-2.0, 0.0, 2.0, 4.0, 6.0), 600))
+    lams, vrns_steps = ((0.0, 10.0), 100) if quick else ((0.0, 0.3, 1.0, 3.0, 10.0, 30.0), 500)
+    T, B = np.meshgrid(np.linspace(0.2, 11, 300), np.linspace(-3, 7, 300))  # (300, 300) each
+    draw = {  # Ex. 5.4 at n = 8; Def. 5.7 at n = 32, m = 8
+        "fig2_configurations.png": lambda: figures.figure2(figure2_configurations()),
+        "thm55_variance_vs_batch.png": lambda: figures.variance_vs_batch(
+            variance_vs_batch(n, ms, steps, seed), n, steps),
+        "ex54_siglip_phase.png": lambda: figures.siglip_phase(
+            T, B, np.vectorize(lambda t, b: siglip_excessive_separation(t, b, 8))(T, B),
+            [siglip_phase(ts, bs, 8, within, phase_steps, seed) for within in (False, True)],
+            8, phase_steps),
+        "def57_vrns_sweep.png": lambda: figures.vrns_sweep(
+            lams, *(vrns_sweep(lams, fixed, 32, 8, vrns_steps, seed) for fixed in (False, True)),
+            negative_similarity_optimum(32), minibatch_variance_bounds(32, 8), 32, 8, vrns_steps)}
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for name, draw in [("fig2_configurations.png", _draw_figure2),
-                       ("thm55_variance_vs_batch.png", _draw_variance_vs_batch),
-                       ("ex54_siglip_phase.png", _draw_siglip_phase),
-                       ("def57_vrns_sweep.png", _draw_vrns_sweep)]:
+    for name, make in draw.items():
         start = time.time()
-        fig = draw(plt, quick, seed)
         paths.append(os.path.join(out_dir, name))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        make().savefig(paths[-1], dpi=110)
         print(f"{paths[-1]}: {time.time() - start:.1f} s")
     return paths
-
-
-def _draw_figure2(plt, quick, seed):
-    fig = plt.figure(figsize=(9, 3.4))
-    a, z = np.meshgrid(np.linspace(0, 2 * np.pi, 19), np.linspace(-1, 1, 10))  # a sphere
-    for k, config in enumerate(figure2_configurations()):
-        ax = fig.add_subplot(1, 3, k + 1, projection="3d")
-        ax.plot_wireframe(np.sqrt(1 - z ** 2) * np.cos(a), np.sqrt(1 - z ** 2) * np.sin(a), z,
-                          color="0.85", linewidth=0.4)
-        u, m = config["u"].numpy(), config["m"]  # (4, 3)
-        for start in range(0, 4, m):  # one colour per batch, its pairs joined; the first
-            batch = u[start:start + m]  # (m, 3)  drawn wider, so that a shared one shows
-            colour, wide = (f"C{start // m}", start == 0) if m < 4 else ("C2", False)
-            for i in range(m):
-                for j in range(i + 1, m):
-                    ax.plot(*batch[[i, j]].T, color=colour, linewidth=5 if wide else 1.5)
-            ax.scatter(*batch.T, color=colour, s=120 if wide else 40, depthshade=False)
-        for point in np.unique(u.round(6), axis=0):  # coincident embeddings share one label
-            same = [str(i + 1) for i in range(4) if np.allclose(u[i], point, atol=1e-6)]
-            ax.text(*(1.3 * point), ",".join(same), fontsize=9, ha="center")
-        e, var = (Fraction(config[key]).limit_denominator(100) for key in ("neg_mean", "neg_var"))
-        ax.set_title(f"{config['name']}\nE[s_neg] = {e}, Var[s_neg] = {var}", fontsize=9)
-        ax.set_box_aspect((1, 1, 1), zoom=1.3)
-        ax.set_axis_off()
-    fig.suptitle("Fig. 2: n = 4 pairs (u_i = v_i) in R^3, batches {1, 2} (blue) and {3, 4} "
-                 "(orange); E and Var computed", fontsize=10)
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.8, wspace=0)
-    return fig
-
-
-def _draw_variance_vs_batch(plt, quick, seed):
-    n, ms, steps = (12, (3, 6), 100) if quick else (24, (2, 3, 4, 6, 8, 12), 300)
-    rows = variance_vs_batch(n, ms, steps, seed)
-    ms = [r["m"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.fill_between(ms, [r["low"] for r in rows], [r["high"] for r in rows], color="C0",
-                    alpha=0.15, label="eq. (11): optima of fixed batches")
-    ax.plot(ms, [r["fixed"] for r in rows], "o-", color="C1",
-            label="fixed batches, optimised")
-    ax.plot(ms, [r["reshuffled"] for r in rows], "s-", color="C2",
-            label="reshuffled every step, optimised")
-    ax.set(xscale="log", yscale="log", xlabel="batch size m", ylabel="Var[s_neg]")
-    ax.set_title(f"Thm 5.5: n = {n} free pairs in R^{n}, SimCLR tau = 0.5, {steps} steps\n"
-                 "(at m = n both bounds are 0)", fontsize=10)
-    ax.set_xticks(ms, [str(m) for m in ms])
-    ax.minorticks_off()
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _draw_siglip_phase(plt, quick, seed):
-    n = 8
-    ts, bs, steps = (((1.0, 10.0), (-2.0, 6.0), 100) if quick else
-                     ((1.0, 4.0, 7.0, 10.0), (-2.0, 0.0, 2.0, 4.0, 6.0), 600))
-    T, B = np.meshgrid(np.linspace(0.2, 11, 300), np.linspace(-3, 7, 300))  # (300, 300) each
-    region = np.vectorize(lambda t, b: siglip_excessive_separation(t, b, n))(T, B)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, within in zip(axes, (False, True)):
-        ax.contourf(T, B, region, levels=[0.5, 1.5], colors=["C3"], alpha=0.2)
-        ax.contour(T, B, region, levels=[0.5], colors=["C3"], linewidths=1)
-        points = siglip_phase(ts, bs, n, within_view=within, steps=steps, seed=seed)
-        gaps = np.log10(np.clip([p["gap"] for p in points], 1e-6, None))
-        dots = ax.scatter([p["t"] for p in points], [p["b"] for p in points], c=gaps, s=90,
-                          cmap="viridis", vmin=-6, vmax=0.3, edgecolors="k")
-        ax.set(xlabel="t (SigLIP's scale)", title="cross-view negatives only (c2 = 0)" if not
-               within else "with within-view negatives (c2 = 1)")
-    axes[0].set_ylabel("b (the paper's sign; SigLIP's b' = -b)")
-    fig.colorbar(dots, ax=axes, label="measured log10(1 - min s_pos), clipped at -6")
-    fig.suptitle(f"Ex. 5.4 at n = {n}: shaded where eq. (10) predicts excessive separation; "
-                 f"dots: full-batch optima, {steps} steps", fontsize=10)
-    return fig
-
-
-def _draw_vrns_sweep(plt, quick, seed):
-    n, m = 32, 8
-    lams, steps = ((0.0, 10.0), 100) if quick else ((0.0, 0.3, 1.0, 3.0, 10.0, 30.0), 500)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for fixed, style in ((False, "o-"), (True, "s--")):
-        rows = vrns_sweep(lams, fixed, n, m, steps, seed)
-        label = "fixed batches" if fixed else "reshuffled batches"
-        axes[0].plot(lams, [r["neg_mean"] for r in rows], style, label=label)
-        axes[1].plot(lams, [r["neg_var"] for r in rows], style, label=label)
-    axes[0].axhline(negative_similarity_optimum(n), color="k", linewidth=0.8, linestyle=":",
-                    label="-1/(n-1), the term's target")
-    for bound in minibatch_variance_bounds(n, m):
-        axes[1].axhline(bound, color="C0", linewidth=0.8, linestyle=":")
-    axes[1].text(lams[-1], minibatch_variance_bounds(n, m)[0], "eq. (11) bounds  ",
-                 ha="right", va="bottom", fontsize=8, color="C0")
-    axes[0].set(ylabel="E[s_neg]")
-    axes[1].set(ylabel="Var[s_neg]", yscale="log")
-    for ax in axes:
-        ax.set(xscale="symlog", xlabel="lam", xlim=(-0.05, lams[-1] * 1.3))
-        ax.set_xticks(lams, [f"{lam:g}" for lam in lams])
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Def. 5.7: SimCLR (tau = 0.5) + lam L_VRNS, n = {n} free pairs in R^{n}, "
-                 f"m = {m}, {steps} steps", fontsize=10)
-    fig.tight_layout()
-    return fig
-
 
 
 # ---- The command line ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The numbers behind `python theory.py --plot`, against the theorems, and the command itself
-run in a subprocess on coarse grids (--quick). vrns_sweep's numbers are lab rows (Def. 5.7)."""
+run in a subprocess on coarse grids (--quick). vrns_sweep's numbers are lab rows (Def. 5.7).
+figures.py draws every figure; who imports it, and what it imports."""
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +64,24 @@ def test_plot_command_writes_every_figure(tmp_path):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(data) < 150_000
         assert f"{tmp_path / name}: " in result.stdout
+
+
+PROJECT = ("losses", "models", "data", "train", "eval", "theory", "sweep", "figures")
+
+
+def imported_by(module):
+    """The repository's modules, and matplotlib, that `import module` loads in a fresh process."""
+    code = (f"import json, sys, {module}; print(json.dumps(sorted(m for m in sys.modules "
+            f"if m in {PROJECT} or m == 'matplotlib')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_matplotlib_only_for_a_figure_and_no_import_cycle():
+    """theory.py needs only torch, numpy and losses; no module but figures.py loads matplotlib
+    until a figure is asked for, and figures.py imports no other module of the repository."""
+    assert imported_by("theory") == ["losses", "theory"]
+    assert "matplotlib" not in imported_by("eval") + imported_by("sweep")
+    assert imported_by("figures") == ["figures", "matplotlib"]
