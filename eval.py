@@ -92,9 +92,7 @@ def similarity_histograms(u, v, *, bins=100, max_chunk=2 ** 24):
     return pos, neg
 
 
-# ------------------------------------------------------------------------------------------
-# Downstream evaluation of a frozen encoder
-# ------------------------------------------------------------------------------------------
+# ---- Downstream evaluation of a frozen encoder ---------------------------------------------------
 
 @torch.no_grad()
 def extract_features(encoder, images, *, mean, std, batch_size=512, device="cpu"):
@@ -174,9 +172,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, num_clas
     return 100.0 * correct.item() / len(test_feats)
 
 
-# ------------------------------------------------------------------------------------------
-# Table 1: similarities of the projector outputs on two augmentations of training images
-# ------------------------------------------------------------------------------------------
+# ---- Table 1: similarities of the projector outputs on two augmentations of training images ------
 
 @torch.no_grad()
 def table1_embeddings(model, images, *, augment_kwargs, generator=None, batch_size=512,
@@ -258,9 +254,7 @@ def knn_monitor(encoder, bank, bank_labels, queries, query_labels, *, num_classe
                         k=min(20, len(bank_f)))
 
 
-# ------------------------------------------------------------------------------------------
-# A run of train.py: its checkpoint, its features, everything the paper measures on it
-# ------------------------------------------------------------------------------------------
+# ---- A run of train.py: its checkpoint, its features, everything the paper measures on it --------
 
 def write_checkpoint(path, *, args, step, epochs_logged, sums, device, model, optimizer,
                      finished=False):
@@ -396,20 +390,17 @@ def model_of(ckpt, *, random_init=False):
     return model
 
 
-# ------------------------------------------------------------------------------------------
-# Figures of a run: the Table 1 similarity histograms and the per-epoch curves
-# ------------------------------------------------------------------------------------------
+# ---- Figures of a run: the Table 1 similarity histograms and the per-epoch curves ----------------
 
 def metric_curves(records):
     """The series that curves.png draws, from the records of metrics.jsonl (one an epoch):
     per-epoch means over the steps' batches (batch_*), exact statistics of the tracked training
     images (tracked_*), and the theory's values at the run's n and m."""
-    curves = {"epoch": [r["epoch"] for r in records]}
-    for key in ("loss", "vrns", "pos_mean", "neg_mean", "neg_var"):
-        curves[f"batch_{key}"] = [r["batch"][key] for r in records]
-    for key in ("pos_mean", "neg_mean", "neg_var"):
-        curves[f"tracked_{key}"] = [r["tracked"][key] for r in records]
-    curves["theory"] = records[-1]["theory"]  # neg_optimum, within_batch_neg, var_low, var_high
+    curves = {"epoch": [r["epoch"] for r in records],
+              "theory": records[-1]["theory"]}  # neg_optimum, within_batch_neg, var_low, var_high
+    for part, keys in (("batch", ("loss", "vrns", "pos_mean", "neg_mean", "neg_var")),
+                       ("tracked", ("pos_mean", "neg_mean", "neg_var"))):
+        curves.update({f"{part}_{key}": [r[part][key] for r in records] for key in keys})
     return curves
 
 
@@ -454,9 +445,7 @@ def write_figures(runs, plot_dir):
     return paths
 
 
-# ------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------
+# ---- Command line --------------------------------------------------------------------------------
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py (linear probe, "

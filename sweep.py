@@ -10,16 +10,16 @@ paired by seed and 95 % confidence intervals, and figures (the paper's Table 1 a
 
 `run` starts one train.py per (loss, m, tau, lam, seed), one CPU thread each, --parallel at a
 time, into OUT/<loss>-m<m>[-t<tau>]-lam<lam>-s<seed>/, with the flags after `--`. A directory
-is reused only if its args.json has every result-changing flag this command would pass, train.py
-defaults included: a finished run is skipped, an interrupted one (ckpt.pt, no summary.json)
-resumed, so the same command continues after Ctrl-C. A run with other flags is refused,
-untouched (exit status 1). In results/<sweep>/ git ignores checkpoints and logs: `git add
-results/` takes args.json, metrics.jsonl and summary.json.
+whose args.json has every result-changing flag of this command (train.py's defaults included)
+is skipped when finished and resumed when interrupted, so the same command continues after
+Ctrl-C; one with other flags is refused, untouched (exit status 1). In results/<sweep>/ git
+keeps args.json, metrics.jsonl and summary.json, not checkpoints and logs.
 
 `report` reads FOLDER/*/summary.json and FOLDER/*/*/summary.json, groups runs by every
 result-changing flag but seed and lam, and prints per (group, lam) mean ± std over seeds and,
 for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals. `--contrast M1 M2`:
 gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS larger at small m.
+Figures are drawn by figures.py.
 
 Shape legend: m = pairs per batch, n = training-set size, tau = temperature, lam = weight of
 L_VRNS (Def. 5.7).

@@ -19,11 +19,10 @@ epoch, so for a real run the formulas are reference lines and trends, not predic
 Run (CPU; the tensors are tiny and one thread is fastest):
     python theory.py                   # the lab: 49 predicted-vs-measured rows, PASS/FAIL,
                                        # about 20 s; exit status 1 if a row fails
-    python theory.py --plot            # figures/*.png, about a minute: Fig. 2 re-drawn,
-                                       # eq. (11) vs m, Ex. 5.4's phase diagram, L_VRNS vs lam
+    python theory.py --plot            # figures/*.png (drawn by figures.py), about a minute:
+                                       # Fig. 2, eq. (11) vs m, Ex. 5.4's phases, L_VRNS vs lam
     python theory.py --plot --quick --plot-dir /tmp/figures   # coarse versions, seconds
     python theory.py --run runs/RUN    # a finished training run (RUN/summary.json) vs theory
-    python -m pytest tests/test_theory.py tests/test_theory_plots.py
 
 Shape legend: n = number of pairs (the training-set size in the theory), m = batch size,
 b = n / m batches, d = embedding dimension. u, v: (n, d) or (m, d) with unit rows; row i of u and
@@ -50,23 +49,21 @@ import losses
 # ---- The statistics the paper is about (Def. 4.1), measured by every check and every run -------
 
 def similarity_stats(u, v):
-    """Def. 4.1: exact mean and variance of the similarities over ALL pairs, without ever
-    building the N x N similarity matrix: O(N d^2) time, O(d^2) extra memory.
+    """Def. 4.1: exact mean and population variance of the similarities over ALL pairs, without
+    the N x N similarity matrix: O(N d^2) time, O(d^2) extra memory.
 
     u, v: (N, d), row i of each the two views of instance i (normalised here). Returns 0-d
-    tensors on the inputs' device, float64 (float32 on MPS, which has no float64), and no host
-    synchronisation, so a training loop can call it every step:
+    tensors on the inputs' device, float64 (float32 on MPS, which has no float64), without a
+    host synchronisation, so a training loop can call it every step:
       pos_mean, pos_var       over the N positive pairs s_ii = u_i^T v_i
       neg_mean, neg_var       over the N(N-1) ordered cross-view negatives s_ij = u_i^T v_j, i != j
       within_mean, within_var over the 2N(N-1) ordered within-view negatives u_i^T u_j, v_i^T v_j
-    and count = N (a Python int). Variances are population variances (divide by the pair count).
+    and count = N (a Python int).
 
-    The identities, with S = U V^T:
-        sum_{i,j} s_ij   = (sum_i u_i)^T (sum_j v_j)
-        sum_{i,j} s_ij^2 = ||U V^T||_F^2 = tr(U^T U V^T V) = <U^T U, V^T V>_F,
-    two d x d Gram matrices (16,384 entries at d = 128) instead of one N x N matrix (10 GB in
-    float32 at N = 50,000); the negatives subtract the diagonal s_ii, Var = E[s^2] - E[s]^2, and
-    within-view pairs are the case V = U. The sums run in float64: E[s^2] - E[s]^2 cancels
+    With S = U V^T: sum_ij s_ij = (sum_i u_i)^T (sum_j v_j) and sum_ij s_ij^2 = ||U V^T||_F^2 =
+    <U^T U, V^T V>_F, two d x d Gram matrices (16,384 entries at d = 128) instead of one N x N
+    matrix (10 GB in float32 at N = 50,000); the negatives subtract the diagonal s_ii, and
+    within-view pairs are the case V = U. Float64, because Var = E[s^2] - E[s]^2 cancels
     catastrophically in float32 when the variance is small.
     """
     if u.dim() != 2 or u.shape != v.shape or len(u) < 2:
@@ -100,7 +97,7 @@ def negative_similarity_optimum(n):
     so the mean over the n(n-1) ordered pairs is >= -1/(n-1), with equality iff sum_i u_i = 0.
     Every pair at exactly -1/(n-1) is the regular simplex (needs d >= n-1).
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+    if not isinstance(n, numbers.Integral) or n < 2:  # True is 1: refused too
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     return -1.0 / (n - 1)
 
@@ -116,7 +113,7 @@ def positive_similarity_bound(mean_neg, n):
     zero iff u_i = v_i and sum_i u_i = 0. So pushing E[s_neg] below -1/(n-1) forces E[s_pos]
     below 1. mean_neg: the mean over the n(n-1) ordered cross-view pairs of the same n pairs.
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+    if not isinstance(n, numbers.Integral) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     return 1.0 + float(mean_neg) + 1.0 / (n - 1)
 
@@ -131,7 +128,7 @@ def excessive_separation(dphi_at_1, dpsi_at_threshold, n):
     for aligning a positive is weaker than the penalty's pull on the negatives. Reversed
     (strictly), Thm 5.1 (iii) gives the simplex instead.
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
+    if not isinstance(n, numbers.Integral) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     return float(dphi_at_1) < (n - 2) / (2 * (n - 1)) * float(dpsi_at_threshold)
 
@@ -147,8 +144,8 @@ def siglip_excessive_separation(t, b, n):
     b' = -b: its init t = 10, b' = -10 is b = 10 here. At n = 2 the right-hand side is 0 and the
     ratio never falls below it.
     """
-    if (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2
-            or not (0 < t < math.inf and math.isfinite(b))):
+    if not (isinstance(n, numbers.Integral) and n >= 2 and 0 < t < math.inf
+            and math.isfinite(b)):
         raise ValueError(f"need an integer n >= 2, a finite t > 0 and a finite b; got n = {n!r}, "
                          f"t = {t!r}, b = {b!r}")
     # compared in log space, log(1 + e^x) = logaddexp(0, x), so that t = 1000 does not overflow
@@ -161,7 +158,7 @@ def siglip_excessive_separation(t, b, n):
 def within_batch_negative_similarity(m):
     """Thm 5.5: inside each batch of m the optimum is an (m-1)-simplex, negatives at -1/(m-1).
     A smaller batch pushes its negatives further apart than the full-batch -1/(n-1)."""
-    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 2:
+    if not isinstance(m, numbers.Integral) or m < 2:
         raise ValueError(f"m must be an integer >= 2, got {m!r}")
     return -1.0 / (m - 1)
 
@@ -265,16 +262,12 @@ def optimize_embeddings(loss_fn, n, d, batch_size=None, fixed_batches=True, step
 # ---- A finished training run against the theory --------------------------------------------------
 
 def compare_with_theory(stats, n, m):
-    """Rows {'quantity', 'predicted', 'measured', 'note'} comparing the similarity statistics of
-    a sample of pairs (similarity_stats: floats or 0-d tensors, 'count' the number of pairs in
-    the sample) with section 5, for a run on n training pairs, batch size m.
-
-    The theory's optimum assumes a free encoder with d >= n-1 and fixed batches; a real run has
-    d << n and reshuffles, and its Var[s_neg] sits far above eq. (11): compare trends across runs
-    (batch size, lam), not values. The one exact statement is Thm 5.2: it holds for any f, so a
-    violation means the statistics are wrong. It bounds the mean over the sample's own pairs, so
-    it is applied with the sample's count, not n.
-    """
+    """Rows {'quantity', 'predicted', 'measured', 'note'}: the similarity_stats of a sample of
+    pairs (floats or 0-d tensors; 'count' pairs) against section 5, for a run on n training
+    pairs in batches of m. A real run has d << n and reshuffles, and its Var[s_neg] sits far
+    above eq. (11): compare trends across runs, not values. The one exact statement is Thm 5.2,
+    true for any f, so a violation means wrong statistics; it bounds the mean over the sample's
+    own pairs, so it takes the sample's count, not n."""
     missing = [key for key in ("pos_mean", "neg_mean", "neg_var", "count") if key not in stats]
     if missing:
         raise ValueError(f"similarity stats lack {', '.join(missing)}")
@@ -328,11 +321,10 @@ def figure2_configurations():
     'neg_var' by similarity_stats: E[s_neg] = -1/3 in all three; Var[s_neg] is 8/9 when both
     batches {1, 2}, {3, 4} use one antipodal pair, 2/9 when the two pairs lie on orthogonal lines
     (both optima of the fixed-batch loss), and 0 for the full-batch optimum, a tetrahedron."""
-    configurations = [("mini-batch optimum, maximum variance", 2, True),
-                      ("mini-batch optimum, minimum variance", 2, False),
-                      ("full-batch optimum, a tetrahedron", 4, False)]
     result = []
-    for name, m, shared in configurations:
+    for name, m, shared in [("mini-batch optimum, maximum variance", 2, True),
+                            ("mini-batch optimum, minimum variance", 2, False),
+                            ("full-batch optimum, a tetrahedron", 4, False)]:
         u = batch_simplices(4, m, 3, shared=shared)  # (4, 3)
         stats = similarity_stats(u, u)
         result.append({"name": name, "u": u, "m": m, "neg_mean": float(stats["neg_mean"]),
@@ -451,13 +443,10 @@ def _lab_excessive_separation(seed):
     """Ex. 5.4 at n = d = 8, t = 5: eq. (10) flips between b = 2.7 and b = 2.8."""
     rows = []
     for p in siglip_phase((5.0,), (2.0, 2.7, 2.8), n=8, steps=600, seed=seed):
-        quantity = f"SigLIP t=5 b={p['b']:g}: 1 - min s_pos"
-        if p["predicted"]:
-            rows.append(_row("Ex. 5.4", quantity, "> 0 (eq.10 true)", p["gap"], p["gap"] > 1e-3,
-                             "> 1e-3"))
-        else:
-            rows.append(_row("Ex. 5.4", quantity, "0 (eq.10 false)", p["gap"], p["gap"] < 1e-6,
-                             "< 1e-6"))
+        quantity, gap = f"SigLIP t=5 b={p['b']:g}: 1 - min s_pos", p["gap"]
+        rows.append(_row("Ex. 5.4", quantity, "> 0 (eq.10 true)", gap, gap > 1e-3, "> 1e-3")
+                    if p["predicted"] else
+                    _row("Ex. 5.4", quantity, "0 (eq.10 false)", gap, gap < 1e-6, "< 1e-6"))
     return rows
 
 
@@ -669,13 +658,13 @@ def main(argv=None):
     if args.run is not None:
         try:
             print(_compare_run(args.run))
+            return 0
         except KeyError as e:
-            print(f"theory.py --run {args.run}: summary.json lacks key {e}", file=sys.stderr)
-            return 2
+            why = f"summary.json lacks key {e}"
         except (OSError, ValueError, TypeError) as e:
-            print(f"theory.py --run {args.run}: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
-        return 0
+            why = f"{type(e).__name__}: {e}"
+        print(f"theory.py --run {args.run}: {why}", file=sys.stderr)
+        return 2
     # The tensors are tiny: a second thread only adds overhead, most when the cores are shared.
     torch.set_num_threads(1)
     start = time.time()
