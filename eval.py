@@ -5,14 +5,12 @@ the figures of a run.
     python eval.py --ckpt runs/RUN --random-init   # same architecture, untrained: the baseline
     python eval.py --ckpt runs/A --ckpt runs/B --plot   # figures of one run, or two overlaid
 
-Evaluating writes RUN/eval.json (or eval_random_init.json); --plot writes
+Evaluating writes RUN/eval.json (or eval_random_init.json); --plot writes, drawn by figures.py,
 RUN/figures/similarities.png (histograms of the Table 1 similarities) and curves.png (the
 per-epoch curves of RUN/metrics.jsonl). Everything runs on --device (auto: the GPU when there
-is one); nothing needs one.
-
-The copyable functions (similarity_histograms, linear_probe, knn_accuracy) are pure and paste
-alone. The statistics themselves (Def. 4.1, exact over all pairs of any (N, d) embeddings, e.g.
-N = 50,000) are theory.similarity_stats.
+is one); nothing needs one. The copyable functions (class_split_stats, similarity_histograms,
+linear_probe, knn_accuracy) are pure and paste alone; the statistics of Def. 4.1 themselves
+are theory.similarity_stats.
 
 Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch (the
 run's batch size), d embedding dimension (projector output). N images in the set at hand (a

@@ -4,10 +4,9 @@
     python eval.py --ckpt RUN --plot      # RUN/figures/similarities.png and curves.png
     python sweep.py report FOLDER         # FOLDER/sweep_batch_size.png (+ sweep_gain_vs_tau.png)
 
-Only those commands import this file, so nothing else needs matplotlib. Each function takes plain
-numbers (lists, dicts, numpy arrays), imports no other file of the repository, and returns a
-matplotlib Figure, which the caller saves with fig.savefig(path). Figures are made without
-pyplot: no global state, no window, no backend to choose.
+Only those commands import this file, so nothing else needs matplotlib; it imports no other file
+of the repository. Each function takes plain numbers and returns a matplotlib Figure for the
+caller to save, made without pyplot: no global state, no window, no backend to choose.
 
 Shape legend: n pairs (the training-set size in the theory), m pairs per batch, d embedding
 dimension, lam the weight of L_VRNS, t and b SigLIP's scale and bias (the paper's sign).
