@@ -1,36 +1,23 @@
-"""Benchmarks: each fast path of this code base timed beside its floor or baseline in one run,
-against its target. The final table says PASS or FAIL per target and the exit status is 1 if any
-fails, else 0; a row that cannot run here says "skipped", a row with target "-" is a figure.
+"""Benchmarks: each fast path of this code base timed beside its floor or baseline, against its
+target. The final table says PASS or FAIL per target (skip where a row cannot run here, "-" for
+a figure without one); the exit status is 1 if any target fails, else 0.
 
     python bench.py                            # CPU: 2-3 minutes on 2 idle cores
     python bench.py --device cuda --compile    # GPU: minutes, most of them compiling
     python bench.py --quick                    # tiny sizes: the smoke test of tests/
     python bench.py --split RUN/summary.json   # where the time of a train.py run went
 
-  1. similarity statistics: eval.similarity_stats, O(n d^2), against the brute-force n x n sums
-     (float64, blocks of rows: one timed, times their number); its peak memory, fresh process
-  2. losses, forward + backward, against floors that do the same work plainly: normalise,
-     matmul, one F.cross_entropy per softmax of the loss (InfoNCE has two, over the rows and
-     the columns of U V^T); L_VRNS (Def. 5.7) against normalise, one (m, m) matmul, square
-  3. augmentation: data.two_views against torchvision's per-image PIL pipeline, same parameters
-  4. the training step of train.py: two views of a uint8 batch, then train.contrastive_step
-     (simclr + L_VRNS, backward, AdamW), model in channels_last.
-     a. CPU: the default model at m = 128 for every (threads, precision) candidate of
-        train.choose_speed, quiet and beside one busy-looping process started here; what
-        choose_speed picks in each condition against the fastest, and busy against quiet
-     b. m = 32, 128, 512 (CPU: the default model at the quiet pick; GPU: the paper's ResNet-18
-        in bf16): images/s and the shares of the step taken by data.two_views alone and by
-        L_VRNS alone; on a GPU also the 50,000-image epoch, MFU and peak memory
-  5. the default run, `python train.py` (CPU): its peak resident memory and its time split
+Sections: 1. theory.similarity_stats against the brute-force n x n sums; 2. each loss against a
+floor that does its work plainly; 3. data.two_views against torchvision's per-image PIL
+pipeline; 4. the training step of train.py: a. train.choose_speed's pick, quiet and beside a
+busy-looping process, b. the share of L_VRNS at m = 32, 128, 512 (a GPU epoch on a GPU); 5. the
+peak memory and time split of `python train.py`. docs/performance.md explains each target.
 
-How it measures. The contenders of one comparison run in interleaved rounds and each keeps its
-fastest round: all see the same background load, and the least disturbed round is the best
-estimate of the cost. Absolute times on a shared machine are noise, ratios measured side by side
-are not: compare times within one run, ratios across runs. Another busy process slows every
-parallel op many times over (section 4a shows it), so the load average is printed at start and
-end: rerun when it was high. GPU times are taken between torch.cuda.synchronize calls, after
-warm-up steps that compile and choose cuDNN's kernels. Memory on a CPU is the growth of the peak
-resident set in a fresh process; on a GPU, torch.cuda.max_memory_allocated.
+How it measures: the contenders of one comparison run in interleaved rounds and each keeps its
+fastest round, so all see the same background load and the least disturbed round estimates the
+cost. On a shared machine compare ratios, not times, across runs; the load average is printed
+at start and end: rerun when it was high. GPU times are taken between torch.cuda.synchronize
+calls, after warm-up steps that compile and pick cuDNN's kernels.
 
 Shape legend: n embeddings, d embedding dim, m pairs per batch (m images, two views each).
 """
@@ -48,12 +35,11 @@ import time
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 import data
-import eval as evaluation
 import losses
 import models
+import theory
 import train
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -61,8 +47,15 @@ TAU = 0.5  # temperature of every loss and floor; no cost depends on it
 N_VRNS = 50_000  # training-set size n in L_VRNS's target -1/(n - 1): CIFAR's
 SMALL = dict(width=16, stem="cifar_s2", dataset="shapes")  # train.py's default model and data
 BIG = dict(width=64, stem="cifar", dataset="cifar10")  # the paper's CIFAR ResNet-18
-EPOCH_TARGET_S = {32: 12, 128: None, 512: 6}  # GPU: a 50,000-image epoch, --compile, one H200
-PEAK_TFLOPS = {"H100 PCIe": 756, "H100": 989, "H200": 989, "A100": 312}  # dense bf16, for MFU
+EPOCH_TARGET_S = {32: 12, 512: 6}  # GPU: a 50,000-image epoch, --compile, one H200
+# n: CIFAR's training-set size; d: the paper's projector output; chunk: rows of one brute-force
+# block (chunk x n x 8 bytes, 400 MB at n = 50,000); window: steps per round; m: train.py's batch
+FULL = dict(n=50_000, d=128, chunk=1024, loss_m=(256, 1024), aug_batch=512, step_m=(32, 128, 512),
+            rounds=10, step_rounds=3, window=3, m=128, small=SMALL, train_flags=[])
+QUICK = dict(n=800, d=32, chunk=256, loss_m=(64,), aug_batch=64, step_m=(8, 16), rounds=2,
+             step_rounds=1, window=1, m=16, small=dict(SMALL, width=4),
+             train_flags=["--epochs", "1", "--probe-epochs", "2", "--train-size", "256",
+                          "--width", "4", "--batch-size", "32", "--track-size", "64"])
 
 
 def keep_freed_memory():
@@ -125,33 +118,32 @@ def stats_memory(n, d):
     def peak():
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
-    evaluation.similarity_stats(*embeddings(2, 2, torch.device("cpu")))
+    theory.similarity_stats(*embeddings(2, 2, torch.device("cpu")))
     u, v = embeddings(n, d, torch.device("cpu"))
     before = peak()
-    evaluation.similarity_stats(u, v)
+    theory.similarity_stats(u, v)
     return peak() - before
 
 
 def bench_similarity_stats(args, device, table):
-    n, d, chunk = args.n, args.d, args.chunk
+    n, d = args.n, args.d
+    print(f"== 1. similarity statistics, n = {n:,}, d = {d}, on {device}")
     u, v = embeddings(n, d, device)
     u64, v64 = F.normalize(u.double(), dim=1), F.normalize(v.double(), dim=1)  # (n, d) each
-    t = race({"exact": lambda: evaluation.similarity_stats(u, v),
-              "block": lambda: brute_force_block(u64, v64, chunk)}, device=device, rounds=3)
-    brute_s = t["block"] * math.ceil(n / chunk)  # the normalisation, O(n d) once, left out
+    t = race({"exact": lambda: theory.similarity_stats(u, v),
+              "block": lambda: brute_force_block(u64, v64, args.chunk)}, device=device, rounds=3)
+    # every block costs the same; the normalisation, O(n d) once, is left out
+    speedup = t["block"] * math.ceil(n / args.chunk) / t["exact"]
     code = f"import bench; print(bench.stats_memory({n}, {d}))"
     memory = int(subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
                                 capture_output=True, text=True).stdout)
-    print(f"\n== 1. similarity statistics, n = {n:,}, d = {d}, on {device}: exact "
-          f"{t['exact'] * 1e3:.1f} ms, brute force {brute_s:.1f} s ({t['block']:.2f} s per block "
-          f"of {chunk} rows); one exact call's peak memory (CPU) {memory / 2**20:.0f} MiB")
-    table.append((f"similarity_stats speed-up over brute force, n={n:,} d={d}",
-                  f"{brute_s / t['exact']:,.0f}x", ">= 100x", brute_s / t["exact"] >= 100))
-    # O(n d): the normalised float64 copies of u and v (2 n d x 8 bytes) and a few (n,) vectors;
+    # O(n d): the normalised float64 copies of u and v (2 n d x 8 bytes) and as much again;
     # an n x n float64 matrix would take 8 n^2 bytes, 20 GB at n = 50,000
     limit = 4 * n * d * 8
-    table.append((f"similarity_stats peak memory, n={n:,} d={d}", f"{memory / 2**20:.0f} MiB",
-                  f"<= {limit / 2**20:.0f} MiB (4 n d x 8 B)", memory <= limit))
+    table += [(f"similarity_stats speed-up over brute force, n={n:,} d={d}",
+               f"{speedup:,.0f}x", ">= 100x", speedup >= 100),
+              (f"similarity_stats peak memory (CPU), n={n:,} d={d}", f"{memory / 2**20:.0f} MiB",
+               f"<= {limit / 2**20:.0f} MiB (4 n d x 8 B)", memory <= limit)]
 
 
 # ---- 2. Losses against their floors: the same softmaxes of the same similarities, written
@@ -194,7 +186,7 @@ LOSS_CASES = {  # name -> (loss of (u, v), its floor, target: at most this many 
 
 
 def bench_losses(args, device, table):
-    print(f"\n== 2. losses, d = {args.d}, float32, forward + backward, against their floors")
+    print(f"== 2. losses, d = {args.d}, float32, forward + backward, against their floors")
     for m in args.loss_m:
         u, v = embeddings(m, args.d, device, seed=1)
         fns = {}
@@ -205,8 +197,6 @@ def bench_losses(args, device, table):
         t = race(fns, device=device, rounds=args.rounds, reps=max(1, 4096 // m))
         for name, (_, floor, target) in LOSS_CASES.items():
             ratio = t[name] / t[floor.__name__]
-            print(f"m = {m:>4} {name:>10} {t[name] * 1e3:>7.2f} ms   {floor.__name__:>17} "
-                  f"{t[floor.__name__] * 1e3:>7.2f} ms   {ratio:.2f}x")
             table.append((f"{name} fwd+bwd / {floor.__name__}, m={m}", f"{ratio:.2f}x",
                           f"<= {target}x", ratio <= target))
 
@@ -217,6 +207,9 @@ def bench_augment(args, device, table):
     figure = "two_views img/s / torchvision PIL img/s, 32 px"
     if device.type != "cpu":
         return table.append((figure, f"skipped (--device {device.type})", ">= 10x", None))
+    print(f"== 3. augmentation, 'cifar' preset, B = {args.aug_batch}: data.two_views "
+          f"({torch.get_num_threads()} threads) against PIL, one image at a time on 1 thread "
+          "(as a DataLoader worker)")
     kw = data.augment_kwargs("cifar10")
     images = data.make_shapes(args.aug_batch, seed=0)[0]  # (B, 3, 32, 32) uint8
     gen = torch.Generator().manual_seed(0)
@@ -226,10 +219,6 @@ def bench_augment(args, device, table):
               "PIL": lambda: [(view(x), view(x)) for x in pil]}, device=device,
              rounds=args.rounds)
     speedup = t["PIL"] / t["two_views"]
-    print(f"\n== 3. augmentation, 'cifar' preset, B = {args.aug_batch}: data.two_views "
-          f"{args.aug_batch / t['two_views']:,.0f} img/s ({torch.get_num_threads()} threads), "
-          f"torchvision's PIL pipeline {args.aug_batch / t['PIL']:,.0f} img/s (one image at a "
-          f"time on 1 thread, as a DataLoader worker): {speedup:.1f}x")
     table.append((figure, f"{speedup:.1f}x", ">= 10x", speedup >= 10))
 
 
@@ -274,8 +263,8 @@ def bench_choose_speed(args, device, table):
     def candidate_step(threads, precision):
         torch.set_num_threads(threads)
         step(precision == "bf16")
-    print(f"\n== 4a. train.py's default step at m = {m}: images/s per candidate, quiet and "
-          "beside one busy-looping process")
+    print(f"== 4a. train.choose_speed's pick against every candidate, default step at m = {m}, "
+          "quiet and beside one busy-looping process")
     rate, pick = {}, {}
     for condition in ("quiet", "busy"):
         loop = None
@@ -283,8 +272,7 @@ def bench_choose_speed(args, device, table):
             if condition == "busy":
                 loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 time.sleep(0.5)  # its interpreter starts and spins
-            print(f"{condition}: load average (1 min) {os.getloadavg()[0]:.2f}"
-                  + (f"; busy-looping process {loop.pid} started" if loop else ""))
+                print(f"busy-looping process {loop.pid} started")
             pick[condition] = train.choose_speed(model, batch=m, size=32, threads=0,
                                                  precision="auto", device=device)
             t = race({c: functools.partial(candidate_step, *c) for c in candidates},
@@ -296,19 +284,12 @@ def bench_choose_speed(args, device, table):
                 loop.kill()
                 loop.wait()
                 print(f"busy-looping process {loop.pid} stopped")
-    print(f"{'threads':>8} {'precision':>9} {'quiet':>8} {'busy':>8}   (* train.choose_speed)")
-    for c in candidates:
-        print(f"{c[0]:>8} {c[1]:>9}" + "".join(
-            f" {rate[k][c]:>7.0f}{'*' if pick[k] == c else ' '}" for k in rate))
     # The pick against the fastest candidate measured here, whichever it is: picking the wrong
     # one of two near-equal candidates costs little, every core beside a busy process costs most
     for figure, k in zip(figures, rate):
         share = rate[k][pick[k]] / max(rate[k].values())
-        table.append((figure, f"{100 * share:.0f}%", ">= 90%", share >= 0.9))
-    table += [(f"default step m={m}, {p}, {cores} threads, quiet",
-               f"{rate['quiet'][cores, p]:.0f} img/s", "-", None) for p in ("fp32", "bf16")]
-    table.append(("choose_speed's pick, quiet / busy",
-                  " / ".join(f"{t} thr {p}" for t, p in pick.values()), "-", None))
+        measured = f"{100 * share:.0f}% ({pick[k][0]} thr {pick[k][1]})"
+        table.append((figure, measured, ">= 90%", share >= 0.9))
     # Beside the busy process one core fewer is free: the ceiling is the speed of cores - 1
     # threads over every core's, quiet (one thread's over two threads' on 2 cores)
     quiet, busy = rate["quiet"][pick["quiet"]], rate["busy"][pick["busy"]]
@@ -318,27 +299,15 @@ def bench_choose_speed(args, device, table):
     return pick["quiet"]
 
 
-def model_flops_per_image(config):
-    """Model FLOPs of one training image, two views forward + backward, counted on 4 views on
-    the CPU (convolutions and matmuls; not BatchNorm, activations or the optimiser)."""
-    model = models.ContrastiveModel("resnet18", width=config["width"], stem=config["stem"])
-    with FlopCounterMode(display=False) as counter:
-        model(torch.randn(4, 3, 32, 32))[1].sum().backward()  # (4, 3, 32, 32) -> (4, d)
-    return 2 * counter.get_total_flops() / 4
-
-
 def bench_step_sizes(args, device, table, threads, precision):
     """4b: the step at each m of args.step_m beside its augmentation alone and L_VRNS alone."""
     on_gpu, bf16 = device.type == "cuda", precision == "bf16"
     config = BIG if on_gpu else args.small
     name = torch.cuda.get_device_name(device) if on_gpu else f"CPU, {threads} thread(s)"
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     torch.set_num_threads(threads)
-    print(f"\n== 4b. training step, {name}, resnet18 w{config['width']} {config['stem']}, "
-          f"{precision}, torch.compile {'on' if args.compile else 'off'}; data.two_views "
-          f"alone and L_VRNS alone (d = {args.d}, fwd + bwd) as shares of the step")
-    print(f"{'m':>5} {'img/s':>8} {'epoch 50k':>10} {'two_views':>10} {'L_VRNS':>7} {'MFU':>6} "
-          f"{'peak mem':>9}")
+    print(f"== 4b. training step, {name}, resnet18 w{config['width']} {config['stem']}, "
+          f"{precision}, torch.compile {'on' if args.compile else 'off'}, m = {args.step_m}")
+    epoch_s = {}
     for m in args.step_m:
         _, step, augment = make_step(config, m, device, compile_model=args.compile)
         for _ in range(3):  # compiles forward and backward, picks cuDNN's kernels, AdamW state
@@ -346,33 +315,21 @@ def bench_step_sizes(args, device, table, threads, precision):
         t = race({"step": lambda: step(bf16), "augment": augment}, device=device,
                  rounds=args.step_rounds)
         u, v = embeddings(m, args.d, device, seed=2)
-        vrns_s = race({"vrns": forward_backward(LOSS_CASES["vrns_loss"][0], u, v)},
-                      device=device, rounds=args.rounds, reps=max(1, 4096 // m))["vrns"]
-        epoch_s = 50_000 / m * t["step"]
-        aug_share, vrns_share = t["augment"] / t["step"], vrns_s / t["step"]
-        memory = mfu = "-"
-        if on_gpu:  # weights, AdamW's state, activations and the augmentation's buffers
-            torch.cuda.reset_peak_memory_stats(device)
-            step(bf16)
-            memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}GiB"
-            flops = model_flops_per_image(config) * m / t["step"]  # per second
-            mfu = f"{100 * flops / (peak * 1e12):.1f}%" if peak else "n/a"
-            target = EPOCH_TARGET_S.get(m)
-            table.append((f"GPU epoch of 50k images, resnet18 w64 bf16, m={m}",
-                          f"{epoch_s:.1f} s", f"<= {target} s" if target else "-",
-                          epoch_s <= target if target else None))
-        print(f"{m:>5} {m / t['step']:>8,.0f} {epoch_s:>9.1f}s {100 * aug_share:>9.0f}% "
-              f"{100 * vrns_share:>6.2f}% {mfu:>6} {memory:>9}")
-        table.append((f"vrns_loss fwd+bwd / train step, {name}, m={m}",
-                      f"{100 * vrns_share:.2f}%", "<= 2%", vrns_share <= 0.02))
-        if m == args.m:
+        vrns = race({"vrns": forward_backward(LOSS_CASES["vrns_loss"][0], u, v)},
+                    device=device, rounds=args.rounds, reps=max(1, 4096 // m))["vrns"]
+        share, epoch_s[m] = vrns / t["step"], 50_000 / m * t["step"]
+        table.append((f"vrns_loss fwd+bwd / train step, {name}, m={m}", f"{100 * share:.2f}%",
+                      "<= 2%", share <= 0.02))
+        if m == args.m:  # train.py's train_steps include it (section 5)
             table.append((f"two_views alone / train step, {name}, m={m}",
-                          f"{100 * aug_share:.0f}%", "-", None))
-    if not on_gpu:
-        skipped = "skipped (no GPU)" if not torch.cuda.is_available() else "skipped (--device cpu)"
-        table += [(f"GPU epoch of 50k images, resnet18 w64 bf16, m={m}", skipped,
-                   f"<= {target} s" if target else "-", None)
-                  for m, target in EPOCH_TARGET_S.items()]
+                          f"{100 * t['augment'] / t['step']:.0f}%", "-", None))
+    skipped = "skipped (no GPU)" if not torch.cuda.is_available() else "skipped (--device cpu)"
+    for m, target in EPOCH_TARGET_S.items():
+        figure = f"GPU epoch of 50k images, resnet18 w64 bf16, m={m}"
+        if not on_gpu:
+            table.append((figure, skipped, f"<= {target} s", None))
+        elif m in epoch_s:
+            table.append((figure, f"{epoch_s[m]:.1f} s", f"<= {target} s", epoch_s[m] <= target))
     torch.set_num_threads(args.threads)
 
 
@@ -406,28 +363,16 @@ def bench_default_run(args, device, table):
                               capture_output=True, text=True)
         shown = " ".join(["python", *cmd]).replace(out_dir, "<tmp>")
         if done.returncode:
-            print(f"\n== 5. `{shown}` failed:\n{done.stderr[-2000:]}")
+            print(f"== 5. `{shown}` failed:\n{done.stderr[-2000:]}")
             return table.append((figure, "run failed", "<= 2 GB", False))
         peak = int(done.stdout.split()[-1]) * 1024
-        print(f"\n== 5. `{shown}`: peak resident set {peak / 1e9:.2f} GB; time split:")
+        print(f"== 5. `{shown}`: peak resident set {peak / 1e9:.2f} GB; time split:")
         with open(os.path.join(out_dir, "summary.json")) as f:
             print_split(json.load(f), "its summary.json")
     table.append((figure, f"{peak / 1e9:.2f} GB", "<= 2 GB", peak <= 2e9))
 
 
 # ---- main ----------------------------------------------------------------------------------
-
-def machine(device):
-    """CPU model, its bf16 instructions (/proc/cpuinfo), cores, GPU, torch."""
-    flags = set()
-    if os.path.exists("/proc/cpuinfo"):  # Linux
-        with open("/proc/cpuinfo") as f:
-            flags = {x for line in f if line.startswith("flags") for x in line.split()}
-    bf16 = " ".join(sorted(x for x in flags if "bf16" in x)) or "none"
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{train.cpu_name()} (bf16 instructions: {bf16}), {os.cpu_count()} cores{gpu}; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-
 
 def print_table(table):
     """The final table; returns the exit status: 1 if a target failed, else 0."""
@@ -466,20 +411,16 @@ def main(argv=None):
     except ValueError as e:
         p.error(f"--device {args.device}: {e}")
     torch.backends.cudnn.benchmark = True  # fixed shapes, as train.py sets it on CUDA
+    vars(args).update(QUICK if args.quick else FULL)
     args.threads = torch.get_num_threads()  # torch's default: every core (or OMP_NUM_THREADS)
-    # n: CIFAR's training-set size; d: the paper's projector output; chunk: rows of one
-    # brute-force block (chunk x n x 8 bytes, 400 MB at n = 50,000); window: steps per round
-    args.n, args.d, args.chunk, args.loss_m, args.aug_batch = 50_000, 128, 1024, (256, 1024), 512
-    args.step_m, args.rounds, args.step_rounds, args.window = (32, 128, 512), 10, 3, 3
-    args.small, args.m = SMALL, 128  # train.py's default model and batch (a test checks it)
-    args.train_flags = []  # train.py's default recipe, whole
-    if args.quick:
-        args.n, args.d, args.chunk, args.loss_m, args.aug_batch = 800, 32, 256, (64,), 64
-        args.step_m, args.rounds, args.step_rounds, args.window = (8, 16), 2, 1, 1
-        args.small, args.m = dict(SMALL, width=4), 16
-        args.train_flags = ["--epochs", "1", "--probe-epochs", "2", "--train-size", "256",
-                            "--width", "4", "--batch-size", "32", "--track-size", "64"]
-    print(f"machine: {machine(device)}")
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):  # Linux: which bf16 instructions the CPU has
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    bf16 = " ".join(sorted(x for x in flags.split() if "bf16" in x)) or "none"
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"machine: {train.cpu_name()} (bf16 instructions: {bf16}), "
+          f"{os.cpu_count()} cores{gpu}; torch {torch.__version__}, {args.threads} threads")
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}; freed memory kept in "
           f"this process (keep_freed_memory): {keep_freed_memory()}")
     start, table = time.perf_counter(), []  # rows (figure, measured, target, passed or None)
