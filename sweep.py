@@ -197,14 +197,12 @@ def summarize(groups):
             seeds = sorted(runs)
             row = {"flags": dict(key), "lam": lam, "seeds": seeds,
                    **{k: [runs[s][k] for s in seeds] for k in STATS},
-                   "plateau": [runs[s]["plateau"] for s in seeds
-                               if runs[s]["plateau"] is not None],
-                   "diff_var": [runs[s]["diff_var"] for s in seeds
-                                if runs[s]["diff_var"] is not None]}
+                   **{k: [runs[s][k] for s in seeds if runs[s][k] is not None]  # may be absent
+                      for k in ("plateau", "diff_var")}}
             if lam > 0:
                 both = [s for s in seeds if s in base]
-                row["gain_linear"] = [runs[s]["linear"] - base[s]["linear"] for s in both]
-                row["gain_knn"] = [runs[s]["knn"] - base[s]["knn"] for s in both]
+                row.update({f"gain_{k}": [runs[s][k] - base[s][k] for s in both]
+                            for k in ("linear", "knn")})
                 row["var_drop"] = [100 * (base[s]["neg_var"] - runs[s]["neg_var"])
                                    / base[s]["neg_var"] for s in both]
             rows.append(row)
