@@ -225,13 +225,14 @@ def train(args, stop, resumed=None):
         train_wall = time.time() - start_time
         seconds["train_steps"] = train_wall - sum(seconds[k] for k in
                                                   ("tracked_stats", "monitor", "checkpoints"))
-        finish(args, model, log, n=n, m=m, device=device, world=world, train_wall=train_wall,
+        finish(args, model, n=n, m=m, device=device, world=world, train_wall=train_wall,
                launched=launched, seconds=seconds)
 
 
-def finish(args, model, log, *, n, m, device, world, train_wall, launched, seconds):
+def finish(args, model, *, n, m, device, world, train_wall, launched, seconds):
     """Evaluate the trained encoder and an untrained one of the same architecture on the
-    training device, compare the Table 1 statistics with the theory, write summary.json."""
+    training device, compare the Table 1 statistics with the theory, write summary.json and
+    mark the checkpoint finished (--resume refuses to rerun it)."""
     run, evaluation_start = vars(args), time.time()
     summary = evaluation.evaluate_run(model, run, data_dir=args.data_dir,
                                       probe_epochs=args.probe_epochs, seed=args.seed,
@@ -252,7 +253,11 @@ def finish(args, model, log, *, n, m, device, world, train_wall, launched, secon
         "cpu": cpu_name(), "versions": {"python": platform.python_version(),
                                         "torch": torch.__version__},
         "theory_rows": theory.compare_with_theory(summary["table1_stats"], n, m)})
-    log.finish(summary)
+    with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    ckpt = evaluation.read_checkpoint(args.out_dir)
+    ckpt["finished"] = True
+    evaluation.atomic_save(ckpt, os.path.join(args.out_dir, "ckpt.pt"))
     print(theory.format_table(summary["theory_rows"]))
     print(f"linear probe {summary['linear_acc']:.2f}% (random-init encoder "
           f"{baseline['linear_acc']:.2f}%), kNN {summary['knn_acc']:.2f}%; pre-training "
@@ -260,16 +265,15 @@ def finish(args, model, log, *, n, m, device, world, train_wall, launched, secon
           f"{args.out_dir}/summary.json")
 
 
-# ------------------------------------------------------------------------------------------
-# Flags
-# ------------------------------------------------------------------------------------------
+# ---- Flags -----------------------------------------------------------------------------------
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--dataset", default="shapes", choices=data.DATASETS,
-      help="'shapes' is generated in code (offline); the others load from --data-dir. "
+      help="'shapes' (10 classes) and 'shapes100' (100 classes: shape x fill pattern) are "
+      "generated in code (offline); the others load from --data-dir. "
       "stl10_unlabeled pre-trains on STL-10's 100,000 unlabeled images and is evaluated "
       "(linear probe, kNN, monitor) on its labelled train and test splits")
     a("--data-dir", default="data", help="where real datasets live (torchvision's layout; for "
@@ -354,20 +358,16 @@ def parse_flags(argv):
     """Flags -> (args, checkpoint to resume or None); exits with one line on bad input."""
     parser = get_parser()
     args = parser.parse_args(argv)
-    finite = ("temperature", "siglip_t", "siglip_b", "warmup_epochs", "weight_decay",
-              "vrns_weight", "lr")
-    for flag in finite:
-        if getattr(args, flag) is not None and not math.isfinite(getattr(args, flag)):
-            fail(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not a finite number")
-    for flag in ("temperature", "siglip_t", "epochs", "probe_epochs", "track_size", "width",
-                 "log_every", "lr"):
-        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
-            fail(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
-    for flag in ("vrns_weight", "warmup_epochs", "weight_decay", "ckpt_every", "workers",
-                 "train_size", "image_size", "threads", "data_seed", "seed", "monitor_size",
-                 "test_size"):
-        if getattr(args, flag) < 0:
-            fail(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    for flags, ok, rule in [  # finite first, so that nan and inf are named as such
+            ("temperature siglip_t siglip_b warmup_epochs weight_decay vrns_weight lr",
+             math.isfinite, "a finite number"),
+            ("temperature siglip_t epochs probe_epochs track_size width log_every lr",
+             lambda x: x > 0, "> 0"),
+            ("vrns_weight warmup_epochs weight_decay ckpt_every workers train_size image_size "
+             "threads data_seed seed monitor_size test_size", lambda x: x >= 0, ">= 0")]:
+        for flag in flags.split():
+            if getattr(args, flag) is not None and not ok(getattr(args, flag)):
+                fail(f"--{flag.replace('_', '-')} must be {rule}, got {getattr(args, flag)}")
     if args.batch_size < 2:
         fail(f"--batch-size must be >= 2 (a batch needs negatives), got {args.batch_size}")
     if args.within_view and args.loss not in ("siglip", "spectral"):
@@ -394,13 +394,12 @@ def parse_flags(argv):
 
 
 def choose_speed(model, *, batch, size, threads, precision, device):
-    """--threads 0 and --precision auto: the thread count and precision of the run, as
-    (threads, "fp32" | "bf16"). On a CPU, time a few training passes of a copy of the model for
-    each candidate and keep the fastest (a second or two): bf16 is fast only where the CPU has
-    bf16 matrix units (AMX, AVX512-BF16) and emulated elsewhere, and one thread can beat every
-    core when another program holds one (each op of a small model is a parallel region whose
-    threads must all arrive). python bench.py shows both. On a GPU: every thread, and bf16
-    where the GPU supports it."""
+    """--threads 0 and --precision auto -> (threads, "fp32" | "bf16") for the run. On a CPU,
+    time a few training passes of a copy of the model for each candidate and keep the fastest
+    (a second or two): bf16 is fast only on bf16 matrix units (AMX, AVX512-BF16), and one
+    thread can beat every core when another program holds one (each op of a small model is a
+    parallel region whose threads must all arrive); python bench.py measures both. On a GPU:
+    every thread, and bf16 where the GPU supports it."""
     cores = torch.get_num_threads()
     if device.type != "cpu":
         bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -430,13 +429,11 @@ def choose_speed(model, *, batch, size, threads, precision, device):
 def code_version():
     """The git commit of the code that ran (with '+dirty' when tracked files differ from it),
     or 'unknown' outside a git checkout: summary.json records it, so results name their code."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    def git(*argv):
+        return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *argv],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
     try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "-uno")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit + "+dirty" * bool(dirty)) if commit else "unknown"
@@ -450,9 +447,7 @@ def cpu_name():
         return platform.processor() or "unknown"
 
 
-# ------------------------------------------------------------------------------------------
-# Data for the loop
-# ------------------------------------------------------------------------------------------
+# ---- Data for the loop -----------------------------------------------------------------------
 
 def training_images(args, device):
     """The training set: (n, 3, H, W) uint8 on the device (generated, CIFAR, STL-10; 3 KB an
@@ -477,7 +472,7 @@ def training_images(args, device):
                         "--download on a machine with internet, or place the files there.")
             source = data.load_dataset(args.dataset, data_dir=args.data_dir, train=True,
                                        download=args.download, seed=args.data_seed)[0]
-            if args.dataset not in ("shapes", "stl10_unlabeled"):  # generated: cannot fail
+            if args.dataset not in ("shapes", "shapes100", "stl10_unlabeled"):  # no test
                 data.load_dataset(args.dataset, data_dir=args.data_dir, train=False,
                                   download=args.download, seed=args.data_seed)  # fail now
     except (FileNotFoundError, ValueError) as e:
@@ -555,13 +550,11 @@ def step_seed(seed, step):
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
-# ------------------------------------------------------------------------------------------
-# Plumbing: the run directory and its logs, checkpoints, signals, several processes
-# ------------------------------------------------------------------------------------------
+# ---- Plumbing: the run directory and its logs, checkpoints, signals, several processes -------
 
 class RunLog:
-    """Everything train() writes: progress lines, OUT_DIR/args.json, metrics.jsonl (one line
-    an epoch), ckpt.pt and summary.json. Only the main process writes; the others no-op."""
+    """What train() writes while it runs: progress lines, OUT_DIR/args.json, metrics.jsonl (one
+    line an epoch) and ckpt.pt. Only the main process writes; the others no-op."""
 
     def __init__(self, args, is_main, resumed):
         self.args, self.is_main = args, is_main
@@ -633,14 +626,6 @@ class RunLog:
                   f"high, temperature too small, fp16 overflow. {kept}", file=sys.stderr)
         leave_processes()
         sys.exit(1)
-
-    def finish(self, summary):
-        """summary.json, then the checkpoint marked finished (--resume refuses to rerun it)."""
-        with open(os.path.join(self.args.out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        ckpt = evaluation.read_checkpoint(self.ckpt)
-        ckpt["finished"] = True
-        evaluation.atomic_save(ckpt, self.ckpt)
 
 
 def fail(message):

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def test_train_then_eval_scripts(tmp_path, capsys):
                 "train_wall_s", "versions"):
         assert key in summary
     assert summary["threads"] == json.loads((out / "args.json").read_text())["threads"] == 1
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", summary["commit"])  # the code that ran
     # the untrained baseline is evaluated with its own weights, not the trained ones
     assert summary["random_init"]["table1_stats"] != summary["table1_stats"]
     assert summary["random_init"]["table1_stats"]["neg_mean"] > 0.5  # near-parallel features
@@ -109,7 +111,8 @@ def test_sqrt_lr_scaling(tmp_path):
 
 @pytest.mark.parametrize("argv,words", [
     (["--temperature", "0"], "--temperature"),
-    (["--temperature", "nan"], "--temperature"),
+    (["--temperature", "nan"], "--temperature must be a finite number"),
+    (["--siglip-b", "inf"], "--siglip-b must be a finite number"),
     (["--lr", "-1"], "--lr"),
     (["--epochs", "0"], "--epochs"),
     (["--batch-size", "1"], "--batch-size"),
@@ -145,6 +148,9 @@ def test_refuses_to_clobber_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main([*TINY, "--out-dir", str(tmp_path)])
     assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "summary.json").read_text() == before
+    train.main(["--resume", str(tmp_path)])  # the checkpoint says the run finished
+    assert "holds a finished run" in capsys.readouterr().out
     assert (tmp_path / "summary.json").read_text() == before
 
 
