@@ -5,22 +5,19 @@ Every function takes the two views' embeddings of one batch and returns a scalar
     u, v : (m, d)   row i of u and row i of v are a positive pair (two augmentations of image i)
 
 Shape legend: m = pairs in the batch, d = embedding dimension, n = training-set size.
-All similarities are cosine similarities, so every function L2-normalises u and v first; the
-losses are therefore invariant to a positive rescaling of any row. The normalisation of each loss
-(1/m, 1/(m(m-1)), ...) is exactly the paper's, so values can be compared with its formulas.
-
-Two kinds of functions live here:
+Similarities are cosine similarities: every function L2-normalises u and v first, so a loss does
+not change when a row is rescaled. Each loss is normalised exactly as the paper (1/m,
+1/(m(m-1)), ...), so values compare with its formulas. Two kinds of functions live here:
   * the *families* of Def. 3.1 and Def. 3.2, written literally with user-supplied phi and psi,
     for reading the paper side by side and for checking the named losses;
   * the *named* losses (InfoNCE/CLIP, SimCLR, DCL, DHEL, SigLIP, Spectral CL) and the paper's
     auxiliary loss (Def. 5.7), written with log-sum-exp / cross-entropy so that they stay finite
     in float32 at temperature 0.01 (the literal exp(x / tau) overflows there: exp(2 / 0.01)).
 
-Nothing here reads flags, moves tensors between devices or talks to torch.distributed: under
-data parallelism the training loop gathers u and v first and passes plain tensors. Each function
-stands alone: copied into a file that imports only math, numbers, torch and
-torch.nn.functional as F, it runs. Its one `if ...: raise` line rejects what would otherwise
-fail silently (mismatched shapes, m < 2, a non-positive temperature).
+Each function stands alone: pasted into a file that imports only math, numbers, torch and
+torch.nn.functional as F, it runs. It never moves tensors between devices or talks to
+torch.distributed (under data parallelism train.py gathers u and v first), and its one
+`if ...: raise` rejects what would otherwise fail silently (mismatched shapes, m < 2, tau <= 0).
 
 Try it (CPU, instant):
     python -c "import torch, losses; print(losses.simclr_loss(*torch.randn(2, 8, 16), 0.5))"
@@ -32,9 +29,7 @@ import torch
 import torch.nn.functional as F
 
 
-# --------------------------------------------------------------------------------------------
-# The two families, written literally (teaching and testing; not overflow-safe)
-# --------------------------------------------------------------------------------------------
+# ---- The two families, written literally (teaching and testing; not overflow-safe) -----------
 
 def infonce_family_loss(u, v, phi, psi, c1, c2):
     """Def. 3.1, eq. (2): L_info-sym = 1/2 L_info(U, V) + 1/2 L_info(V, U), with
@@ -83,9 +78,7 @@ def independently_additive_loss(u, v, phi, psi, c1, c2):
             + c2 * within / (2 * m * (m - 1)))
 
 
-# --------------------------------------------------------------------------------------------
-# Def. 3.1 losses (Table 2), overflow-safe. Each is the mean of the u- and v-anchored halves.
-# --------------------------------------------------------------------------------------------
+# ---- Def. 3.1 losses (Table 2), overflow-safe; each the mean of its u- and v-anchored halves ---
 
 def infonce_loss(u, v, temperature):
     """InfoNCE / CLIP (Oord 2018; Radford 2021): Def. 3.1 with (c1, c2) = (1, 0).
@@ -163,9 +156,7 @@ def dhel_loss(u, v, temperature):
     return (0.5 * torch.logsumexp(uu, 1) + 0.5 * torch.logsumexp(vv, 1) - pos).mean()
 
 
-# --------------------------------------------------------------------------------------------
-# Def. 3.2 losses (Table 3)
-# --------------------------------------------------------------------------------------------
+# ---- Def. 3.2 losses (Table 3) ---------------------------------------------------------------
 
 def siglip_loss(u, v, t, b, within_view=False):
     """SigLIP (Zhai 2023) in the paper's sign convention (Ex. 5.4):
@@ -221,9 +212,7 @@ def spectral_loss(u, v, within_view=False):
     return loss
 
 
-# --------------------------------------------------------------------------------------------
-# The paper's auxiliary loss
-# --------------------------------------------------------------------------------------------
+# ---- The paper's auxiliary loss --------------------------------------------------------------
 
 def vrns_loss(u, v, n):
     """Def. 5.7, the variance-reduction-for-negative-similarities term:

@@ -14,8 +14,7 @@ layer1..layer4, so torchvision and solo-learn state dicts load) and its init. Tw
 
 Shapes: B images, C = 3 channels, S image side, D_h encoder feature dim (8 * width * expansion:
 512 for resnet18/34 and 2048 for resnet50 at width 64), d embedding dim (projector output, 128).
-
-`pick_device` says where the model runs: the `--device` flag of train.py and eval.py.
+`pick_device` reads the `--device` flag of train.py and eval.py.
 
 Try it (CPU, a second):
     python -c "import models, torch; h, z = models.ContrastiveModel(width=16)(torch.randn(4, 3, \
