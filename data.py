@@ -101,16 +101,16 @@ def _stripes(t, period, half_width):
 _P = 0.6  # period
 FILL_PATTERNS = ('solid', 'outline', 'h_stripes', 'v_stripes', 'checker', 'dots', 'rings',
                  'grid', 'top_half', 'diagonal_grid')
-_FILLS = (  # in FILL_PATTERNS order
-    lambda x, y: torch.full_like(x + y, -1.0),
-    lambda x, y: torch.full_like(x + y, 1.0),  # only the outline (drawn for every pattern)
-    lambda x, y: _stripes(y, _P, _P / 4) + 0 * x,
-    lambda x, y: _stripes(x, _P, _P / 4) + 0 * y,
+_FILLS = (  # in FILL_PATTERNS order; x (n, 1, W) and y (n, H, 1) broadcast where both are used
+    lambda x, y: torch.full_like(x, -1.0),
+    lambda x, y: torch.full_like(x, 1.0),  # only the outline (drawn for every pattern)
+    lambda x, y: _stripes(y, _P, _P / 4),
+    lambda x, y: _stripes(x, _P, _P / 4),
     lambda x, y: _checker(_stripes(x, _P, _P / 4), _stripes(y, _P, _P / 4)),
     lambda x, y: torch.hypot(((x / _P) % 1 - 0.5) * _P, ((y / _P) % 1 - 0.5) * _P) - 0.2,
     lambda x, y: _stripes(torch.hypot(x, y), _P, _P / 4),
     lambda x, y: torch.minimum(_stripes(x, _P, 0.1), _stripes(y, _P, 0.1)),
-    lambda x, y: y + 0 * x,
+    lambda x, y: y,
     lambda x, y: torch.minimum(_stripes((x + y) / 2 ** 0.5, _P, 0.1),
                                _stripes((x - y) / 2 ** 0.5, _P, 0.1)),
 )
@@ -132,6 +132,11 @@ def _colours(v, g):
     return v + chroma * room.amin(1, keepdim=True) * torch.rand(len(v), 1, generator=g)  # (n, 3)
 
 
+def shape_classes(fills=False):
+    """Number of classes of make_shapes: 10 shapes, times 10 fill patterns with fills."""
+    return len(SHAPE_CLASSES) * (len(FILL_PATTERNS) if fills else 1)
+
+
 def make_shapes(n, *, seed, image_size=32, fills=False):
     """n images (n, 3, H, W) uint8 and labels (n,) int64, deterministic in seed; classes balanced.
 
@@ -151,8 +156,7 @@ def make_shapes(n, *, seed, image_size=32, fills=False):
         raise ValueError(f'make_shapes needs n >= 1 and image_size >= 8, got {n}, {image_size}')
     g = torch.Generator().manual_seed(seed)
     H = image_size
-    classes = len(SHAPE_CLASSES) * (len(FILL_PATTERNS) if fills else 1)
-    labels = (torch.arange(n) % classes)[torch.randperm(n, generator=g)]  # (n,)
+    labels = (torch.arange(n) % shape_classes(fills))[torch.randperm(n, generator=g)]  # (n,)
     shape = labels % len(SHAPE_CLASSES)  # (n,)
     r = (8 + 6 * torch.rand(n, generator=g)) * H / 32  # (n,) radius in pixels
     centre = 0.9 * r[:, None] + (H - 1.8 * r[:, None]) * torch.rand(n, 2, generator=g)  # (n, 2)
@@ -246,7 +250,7 @@ def load_dataset(name, *, data_dir, train, download=False, seed=0, n_shapes=None
         n = n_shapes if n_shapes is not None else 5000
         fills = name == 'shapes100'
         x, y = make_shapes(n, seed=2 * seed + (0 if train else 1), fills=fills)
-        return x, y, len(SHAPE_CLASSES) * (len(FILL_PATTERNS) if fills else 1)
+        return x, y, shape_classes(fills)
     if name not in DATASETS or name == 'imagefolder':
         raise ValueError(f'load_dataset reads {[d for d in DATASETS if d != "imagefolder"]}, got '
                          f'{name!r} (an imagefolder tree streams through ImageFolderPairs)')
