@@ -194,6 +194,7 @@ _CIFAR = {  # name -> (folder, train files, test files, label key, classes, torc
                 'labels', 10, datasets.CIFAR10),
     'cifar100': ('cifar-100-python', ['train'], ['test'], 'fine_labels', 100, datasets.CIFAR100),
 }
+GENERATED = ('shapes', 'shapes100')  # drawn by make_shapes, offline; the rest are read from disk
 # Every dataset train.py can train on. 'imagefolder' is an ImageNet-style tree (ImageNet-100,
 # Tiny-ImageNet) streamed through ImageFolderPairs; the others load into memory (load_dataset).
 DATASETS = ('shapes', 'shapes100', 'cifar10', 'cifar100', 'stl10', 'stl10_unlabeled', 'imagefolder')
@@ -246,7 +247,7 @@ def load_dataset(name, *, data_dir, train, download=False, seed=0, n_shapes=None
     test 2*seed+1, so the splits never share an image; data_dir is ignored).
     'stl10_unlabeled' is STL-10's 100,000 unlabeled images (2.8 GB; labels -1; train only).
     """
-    if name in ('shapes', 'shapes100'):
+    if name in GENERATED:
         n = n_shapes if n_shapes is not None else 5000
         fills = name == 'shapes100'
         x, y = make_shapes(n, seed=2 * seed + (0 if train else 1), fills=fills)

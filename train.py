@@ -472,7 +472,7 @@ def training_images(args, device):
                         "--download on a machine with internet, or place the files there.")
             source = data.load_dataset(args.dataset, data_dir=args.data_dir, train=True,
                                        download=args.download, seed=args.data_seed)[0]
-            if args.dataset not in ("shapes", "shapes100", "stl10_unlabeled"):  # no test
+            if args.dataset not in (*data.GENERATED, "stl10_unlabeled"):  # no test
                 data.load_dataset(args.dataset, data_dir=args.data_dir, train=False,
                                   download=args.download, seed=args.data_seed)  # fail now
     except (FileNotFoundError, ValueError) as e:
