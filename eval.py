@@ -393,8 +393,11 @@ def model_of(ckpt, *, random_init=False):
 def metric_curves(records):
     """The series that curves.png draws, from the records of metrics.jsonl (one an epoch):
     per-epoch means over the steps' batches (batch_*), exact statistics of the tracked training
-    images (tracked_*), and the theory's values at the run's n and m."""
+    images (tracked_*), the kNN accuracy monitor where it ran (monitor_epoch, monitor_knn), and
+    the theory's values at the run's n and m."""
+    knn = [(r["epoch"], r["monitor"]["knn_acc"]) for r in records if r.get("monitor")]
     curves = {"epoch": [r["epoch"] for r in records],
+              "monitor_epoch": [epoch for epoch, _ in knn], "monitor_knn": [acc for _, acc in knn],
               "theory": records[-1]["theory"]}  # neg_optimum, within_batch_neg, var_low, var_high
     for part, keys in (("batch", ("loss", "vrns", "pos_mean", "neg_mean", "neg_var")),
                        ("tracked", ("pos_mean", "neg_mean", "neg_var"))):

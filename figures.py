@@ -156,13 +156,15 @@ def similarities(runs):
 def curves(runs):
     """curves.png: per epoch, the loss, L_VRNS, E[s_pos], E[s_neg] and Var[s_neg] of each run
     (solid: the tracked training images, exact; dashed: mean over the epoch's batches), with
-    -1/(n-1), -1/(m-1) and the eq. (11) range of Var[s_neg]."""
-    fig = Figure(figsize=(20, 3.6), layout="constrained")
-    axes = fig.subplots(1, 5)
+    -1/(n-1), -1/(m-1) and the eq. (11) range of Var[s_neg]; then the kNN accuracy monitor,
+    whose flattening shows whether a run converged (empty for runs without a monitor)."""
+    fig = Figure(figsize=(24, 3.6), layout="constrained")
+    axes = fig.subplots(1, 6)
     for i, run in enumerate(runs):
         c, colour, first = run["curves"], f"C{i}", i == 0  # one legend entry per kind of line
         axes[0].plot(c["epoch"], c["batch_loss"], color=colour, label=run["label"])
         axes[1].plot(c["epoch"], c["batch_vrns"], color=colour)
+        axes[5].plot(c["monitor_epoch"], c["monitor_knn"], color=colour)
         for ax, key in zip(axes[2:], ("pos_mean", "neg_mean", "neg_var")):
             ax.plot(c["epoch"], c[f"tracked_{key}"], color=colour,
                     label="tracked images, exact" if first else None)
@@ -172,7 +174,8 @@ def curves(runs):
         axes[4].axhspan(c["theory"]["var_low"], c["theory"]["var_high"], color="k", alpha=0.1,
                         label="eq. (11) range" if first else None)
     axes[4].set_yscale("log")  # the eq. (11) range lies decades below a real run's variance
-    titles = ("loss (batch mean)", "L_VRNS (batch mean)", "E[s_pos]", "E[s_neg]", "Var[s_neg]")
+    titles = ("loss (batch mean)", "L_VRNS (batch mean)", "E[s_pos]", "E[s_neg]", "Var[s_neg]",
+              "kNN monitor, top-1 %")
     for ax, title in zip(axes, titles):
         ax.set(title=title, xlabel="epoch")
     for ax in (axes[0], *axes[2:]):

@@ -268,6 +268,11 @@ def test_metric_curves():
     assert curves["tracked_neg_var"] == pytest.approx([0.1, 0.05, 0.1 / 3])
     assert curves["batch_pos_mean"] == pytest.approx([0.6, 0.7, 0.8])
     assert curves["theory"]["neg_optimum"] == -1 / 47
+    assert curves["monitor_epoch"] == [] and curves["monitor_knn"] == []  # no monitor ran
+    records[0]["monitor"] = {"knn_acc": 20.0, "images": 8}
+    records[2]["monitor"] = {"knn_acc": 35.0, "images": 8}
+    curves = evaluation.metric_curves(records)
+    assert curves["monitor_epoch"] == [1, 3] and curves["monitor_knn"] == [20, 35]
 
 
 def test_plot_writes_both_figures_from_the_table1_protocol(tmp_path, capsys):
