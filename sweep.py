@@ -15,11 +15,12 @@ is skipped when finished and resumed when interrupted, so the same command conti
 Ctrl-C; one with other flags is refused, untouched (exit status 1). In results/<sweep>/ git
 keeps args.json, metrics.jsonl and summary.json, not checkpoints and logs.
 
-`report` reads FOLDER/*/summary.json and FOLDER/*/*/summary.json, groups runs by every
-result-changing flag but seed and lam, and prints per (group, lam) mean ± std over seeds and,
-for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals. `--contrast M1 M2`:
-gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS larger at small m.
-Figures are drawn by figures.py.
+`report` reads FOLDER/*/summary.json and FOLDER/*/*/summary.json of one or more folders, groups
+runs by every result-changing flag but seed and lam (so a pilot at 60 and at 120 epochs, given
+as two folders, makes the two rows of a convergence check), and prints per (group, lam) mean ±
+std over seeds and, for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals.
+`--contrast M1 M2`: gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS
+larger at small m. Figures are drawn by figures.py.
 
 Shape legend: m = pairs per batch, n = training-set size, tau = temperature, lam = weight of
 L_VRNS (Def. 5.7).
@@ -167,12 +168,14 @@ def read_run(run_dir):
             "plateau": knn_plateau(os.path.join(run_dir, "metrics.jsonl"))}
 
 
-def collect(folder):
-    """Every FOLDER/*/summary.json and FOLDER/*/*/summary.json -> {group: {lam: {seed: run}}};
-    a group is the tuple of (flag, value) of every result-changing flag but seed and lam."""
+def collect(*folders):
+    """Every FOLDER/*/summary.json and FOLDER/*/*/summary.json of the folders -> {group: {lam:
+    {seed: run}}}; a group is the tuple of (flag, value) of every result-changing flag but seed
+    and lam, so runs of several folders share a row only when all those flags agree."""
     groups = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*", "summary.json"))
-                       + glob.glob(os.path.join(folder, "*", "*", "summary.json"))):
+    paths = [path for folder in folders for pattern in ("*/summary.json", "*/*/summary.json")
+             for path in glob.glob(os.path.join(folder, pattern))]
+    for path in sorted(paths):
         run = read_run(os.path.dirname(path))
         a = run["args"]
         key = tuple(sorted((k, v) for k, v in a.items()
@@ -329,11 +332,12 @@ def plot(rows, plot_dir):
 
 def report(args, error):
     """`sweep.py report`: provenance, tables (stdout and --markdown), figures."""
-    if not os.path.isdir(args.folder):
-        error(f"{args.folder} is not a folder of runs")
-    groups = collect(args.folder)
+    for folder in args.folder:
+        if not os.path.isdir(folder):
+            error(f"{folder} is not a folder of runs")
+    groups = collect(*args.folder)
     if not groups:
-        error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {args.folder}")
+        error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {' '.join(args.folder)}")
     rows = summarize(groups)
     text = provenance(groups, rows) + "\n\n" + markdown(
         rows, varying(rows, but=("loss", "batch_size", "temperature")))
@@ -346,7 +350,7 @@ def report(args, error):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
-    for path in plot(rows, args.plot_dir or args.folder):
+    for path in plot(rows, args.plot_dir or args.folder[0]):
         print(f"figure: {path}")
     return 0
 
@@ -373,10 +377,12 @@ def main(argv=None):
     r.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
                    help="runs at once, one CPU thread each (default: one per core)")
     q = sub.add_parser("report", help="tables and figures of a sweep's finished runs")
-    q.add_argument("folder", help="a folder of run directories, or of sweep folders of them")
+    q.add_argument("folder", nargs="+", help="a folder of run directories, or of sweep folders "
+                   "of them; several are reported together (the same runs at two lengths, say)")
     q.add_argument("--contrast", type=int, nargs=2, metavar=("M1", "M2"),
                    help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256")
-    q.add_argument("--plot-dir", default=None, help="where the figures go (default: FOLDER)")
+    q.add_argument("--plot-dir", default=None,
+                   help="where the figures go (default: the first FOLDER)")
     q.add_argument("--markdown", default=None, help="also write the tables to this file")
     args = p.parse_args(argv)
     if args.command == "report":

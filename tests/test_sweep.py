@@ -122,6 +122,24 @@ def test_report_writes_figures_and_markdown_beside_the_runs(tmp_path, capsys):
     assert "| simclr | 32 | 0.5 | 1 |" in (tmp_path / "r.md").read_text()
 
 
+def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
+    for epochs, acc in (("60", 40.0), ("120", 55.0)):
+        for m in (16, 256):
+            fake_run(tmp_path / f"e{epochs}", m=m, seed=100, linear=acc,
+                     flags=["--epochs", epochs])
+    fake_run(tmp_path / "e120", m=16, seed=100, lam=3.0, linear=58.0, flags=["--epochs", "120"])
+    folders = [str(tmp_path / "e60"), str(tmp_path / "e120")]
+    assert sweep.main(["report", *folders, "--plot-dir", str(tmp_path / "figs")]) == 0
+    out = capsys.readouterr().out
+    for m, epochs, acc in ((16, 60, 40), (256, 60, 40), (16, 120, 55), (256, 120, 55)):
+        assert f"| simclr | {m} | 0.2 | 0 | 100 (1) | {acc}.0 |" in out
+        assert out.count(f"epochs={epochs} |") == (2 if epochs == 60 else 3)
+    assert "| +3.0 (n=1) |" in out  # lam = 3 paired with lam = 0 of its own length only
+    assert os.listdir(tmp_path / "figs")
+    with pytest.raises(SystemExit):
+        sweep.main(["report", folders[0], str(tmp_path / "missing")])
+
+
 def test_knn_plateau_and_nested_layout(tmp_path):
     fake_run(tmp_path / "sweep-a", monitor=[10.0] * 7 + [50.0, 52.0, 53.0])  # epochs 1-10
     fake_run(tmp_path / "sweep-a", seed=1, monitor=[10.0] * 7 + [50.0, 50.0, 51.0])
