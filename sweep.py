@@ -193,7 +193,8 @@ def summarize(groups):
     from lam = 0 on the seeds both have (paired by seed)."""
     rows = []
     order = sorted(groups, key=lambda g: (dict(g)["loss"], dict(g)["batch_size"],
-                                          dict(g).get("temperature") or 0, repr(g)))
+                                          dict(g).get("temperature") or 0,
+                                          dict(g).get("epochs") or 0, repr(g)))
     for key in order:
         base = groups[key].get(0.0, {})
         for lam, runs in sorted(groups[key].items()):

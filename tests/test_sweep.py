@@ -134,6 +134,8 @@ def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
     for m, epochs, acc in ((16, 60, 40), (256, 60, 40), (16, 120, 55), (256, 120, 55)):
         assert f"| simclr | {m} | 0.2 | 0 | 100 (1) | {acc}.0 |" in out
         assert out.count(f"epochs={epochs} |") == (2 if epochs == 60 else 3)
+    rows = [line for line in out.splitlines() if line.startswith("| simclr | 16 |")]
+    assert [row.split()[-2] for row in rows] == ["epochs=60", "epochs=120", "epochs=120"]
     assert "| +3.0 (n=1) |" in out  # lam = 3 paired with lam = 0 of its own length only
     assert os.listdir(tmp_path / "figs")
     with pytest.raises(SystemExit):
