@@ -204,8 +204,8 @@ def _require(folder, files):
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(
-            f'missing {", ".join(missing)} in {folder}. Pass download=True (--download) on a '
-            f'machine with internet, or place the files there.')
+            f'missing {", ".join(missing)} in {folder}. Fetch them with download=True (python '
+            f'train.py --download) on a machine with internet, or place the files there.')
 
 
 def _read_cifar(path, label_key, classes):

@@ -346,3 +346,13 @@ def test_class_split_counts_and_moments_as_a_loop():
         assert got[f"{name}_mean"].item() == pytest.approx(values.mean().item(), abs=1e-12)
         assert got[f"{name}_var"].item() == pytest.approx(values.var(unbiased=False).item(),
                                                           abs=1e-12)
+
+
+def test_missing_dataset_files_name_the_command_that_fetches_them(tmp_path, capsys):
+    run_dir = make_run(tmp_path / "run", dataset="cifar10")  # its data_dir holds no CIFAR files
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--ckpt", str(run_dir), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "data_batch_1" in err and "python train.py --download" in err  # eval.py has no flag
+    assert len(err.strip().splitlines()) == 1
