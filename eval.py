@@ -390,12 +390,19 @@ def model_of(ckpt, *, random_init=False):
 
 # ---- Figures of a run: the Table 1 similarity histograms and the per-epoch curves ----------------
 
+def monitor_curve(records):
+    """[(epoch, kNN top-1 %)] of the per-epoch accuracy monitor in metrics.jsonl's records, for
+    the epochs where it ran (none with --monitor-size 0)."""
+    return [(r["epoch"], r["monitor"]["knn_acc"]) for r in records
+            if isinstance(r.get("monitor"), dict) and "knn_acc" in r["monitor"]]
+
+
 def metric_curves(records):
     """The series that curves.png draws, from the records of metrics.jsonl (one an epoch):
     per-epoch means over the steps' batches (batch_*), exact statistics of the tracked training
     images (tracked_*), the kNN accuracy monitor where it ran (monitor_epoch, monitor_knn), and
     the theory's values at the run's n and m."""
-    knn = [(r["epoch"], r["monitor"]["knn_acc"]) for r in records if r.get("monitor")]
+    knn = monitor_curve(records)
     curves = {"epoch": [r["epoch"] for r in records],
               "monitor_epoch": [epoch for epoch, _ in knn], "monitor_knn": [acc for _, acc in knn],
               "theory": records[-1]["theory"]}  # neg_optimum, within_batch_neg, var_low, var_high

@@ -156,8 +156,9 @@ def similarities(runs):
 def curves(runs):
     """curves.png: per epoch, the loss, L_VRNS, E[s_pos], E[s_neg] and Var[s_neg] of each run
     (solid: the tracked training images, exact; dashed: mean over the epoch's batches), with
-    -1/(n-1), -1/(m-1) and the eq. (11) range of Var[s_neg]; then the kNN accuracy monitor,
-    whose flattening shows whether a run converged (empty for runs without a monitor)."""
+    -1/(n-1), -1/(m-1) and the eq. (11) range of Var[s_neg]; then the kNN accuracy monitor
+    (empty for runs without one). The monitor flattens at the end of any cosine schedule, so
+    whether a run converged shows only against a run of twice its epochs."""
     fig = Figure(figsize=(24, 3.6), layout="constrained")
     axes = fig.subplots(1, 6)
     for i, run in enumerate(runs):

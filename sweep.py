@@ -35,6 +35,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import eval as evaluation
 import train
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -135,14 +136,15 @@ def launch(out, job, extra):
 # ---- report ---------------------------------------------------------------------------------
 
 def knn_plateau(metrics_path):
-    """Change of the per-epoch kNN monitor (percentage points) over the last 20 % of epochs:
-    near 0 for a run that converged. None when metrics.jsonl has no two monitor records."""
+    """Change of the per-epoch kNN monitor (percentage points) over the last 20 % of epochs;
+    None when metrics.jsonl has no two monitor records. A large value says the run was still
+    learning; a small one does not say it converged, as a cosine schedule flattens every curve
+    at its end: only a run of twice the epochs shows that."""
     if not os.path.isfile(metrics_path):
         return None
     with open(metrics_path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    knn = [(r["epoch"], r["monitor"]["knn_acc"]) for r in records
-           if isinstance(r.get("monitor"), dict) and "knn_acc" in r["monitor"]]
+    knn = evaluation.monitor_curve(records)
     before = [acc for epoch, acc in knn[:-1] if epoch <= 0.8 * knn[-1][0]]
     return knn[-1][1] - before[-1] if before else None
 
