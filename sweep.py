@@ -149,28 +149,35 @@ def knn_plateau(metrics_path):
     return knn[-1][1] - before[-1] if before else None
 
 
-def class_split(run_dir, summary):
-    """Var[s_neg] of the different-class negatives (eval.class_split_stats), from summary.json
-    or, for runs evaluated again by `python eval.py --ckpt RUN`, from RUN/eval.json; or None."""
-    stats = summary["table1_stats"]
-    if "neg_diff_var" not in stats and os.path.isfile(os.path.join(run_dir, "eval.json")):
+def evaluated(run_dir, summary, key, stats=False):
+    """summary.json's `key` (of its table1_stats if stats), or, for a run evaluated again by
+    `python eval.py --ckpt RUN` after train.py gained that number, RUN/eval.json's; or None."""
+    found = (summary["table1_stats"] if stats else summary).get(key)
+    if found is None and os.path.isfile(os.path.join(run_dir, "eval.json")):
         with open(os.path.join(run_dir, "eval.json")) as f:
-            stats = json.load(f)["table1_stats"]
-    return stats.get("neg_diff_var")
+            again = json.load(f)
+        found = (again["table1_stats"] if stats else again).get(key)
+    return found
 
 
-def read_run(run_dir):
-    """A finished run directory -> its flags and the figures a sweep compares."""
+# the linear probe a report reads: the paper's SGD protocol, or the fit to convergence
+PROBES = {"sgd": "linear_acc", "lbfgs": "linear_lbfgs_acc"}
+
+
+def read_run(run_dir, probe="sgd"):
+    """A finished run directory -> its flags and the figures a sweep compares (linear: None when
+    the run has no accuracy of that probe)."""
     with open(os.path.join(run_dir, "summary.json")) as f:
         s = json.load(f)
-    return {"dir": run_dir, "args": s["args"], "linear": s["linear_acc"], "knn": s["knn_acc"],
+    return {"dir": run_dir, "args": s["args"], "linear": evaluated(run_dir, s, PROBES[probe]),
+            "knn": s["knn_acc"],
             **{k: s["table1_stats"][k] for k in ("pos_mean", "neg_mean", "neg_var")},
-            "diff_var": class_split(run_dir, s),
+            "diff_var": evaluated(run_dir, s, "neg_diff_var", stats=True),
             "wall": s["total_wall_s"], "commit": s.get("commit", "not recorded"),
             "plateau": knn_plateau(os.path.join(run_dir, "metrics.jsonl"))}
 
 
-def collect(*folders):
+def collect(*folders, probe="sgd"):
     """Every FOLDER/*/summary.json and FOLDER/*/*/summary.json of the folders -> {group: {lam:
     {seed: run}}}; a group is the tuple of (flag, value) of every result-changing flag but seed
     and lam, so runs of several folders share a row only when all those flags agree."""
@@ -178,7 +185,7 @@ def collect(*folders):
     paths = [path for folder in folders for pattern in ("*/summary.json", "*/*/summary.json")
              for path in glob.glob(os.path.join(folder, pattern))]
     for path in sorted(paths):
-        run = read_run(os.path.dirname(path))
+        run = read_run(os.path.dirname(path), probe)
         a = run["args"]
         key = tuple(sorted((k, v) for k, v in a.items()
                            if k not in NOT_RESULTS | {"seed", "vrns_weight"}))
@@ -338,11 +345,18 @@ def report(args, error):
     for folder in args.folder:
         if not os.path.isdir(folder):
             error(f"{folder} is not a folder of runs")
-    groups = collect(*args.folder)
+    groups = collect(*args.folder, probe=args.probe)
     if not groups:
         error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {' '.join(args.folder)}")
+    unprobed = [run["dir"] for by_lam in groups.values() for runs in by_lam.values()
+                for run in runs.values() if run["linear"] is None]
+    if unprobed:
+        error(f"{len(unprobed)} run(s) have no {PROBES[args.probe]} (they predate that probe): "
+              f"python eval.py --ckpt RUN adds it, for RUN in {' '.join(unprobed)}")
     rows = summarize(groups)
-    text = provenance(groups, rows) + "\n\n" + markdown(
+    probe = {"sgd": "the paper's protocol, SGD for --probe-epochs",
+             "lbfgs": "fitted to convergence by L-BFGS"}[args.probe]
+    text = provenance(groups, rows) + f"\nlinear probe: {probe}\n\n" + markdown(
         rows, varying(rows, but=("loss", "batch_size", "temperature")))
     if args.contrast:
         found = contrast(groups, *args.contrast)
@@ -387,6 +401,9 @@ def main(argv=None):
     q.add_argument("--plot-dir", default=None,
                    help="where the figures go (default: the first FOLDER)")
     q.add_argument("--markdown", default=None, help="also write the tables to this file")
+    q.add_argument("--probe", choices=list(PROBES), default="sgd", help="the linear probe the "
+                   "tables show: sgd, the paper's protocol (a fixed number of epochs), or "
+                   "lbfgs, the same classifier fitted to convergence")
     args = p.parse_args(argv)
     if args.command == "report":
         return report(args, p.error)

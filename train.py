@@ -260,7 +260,8 @@ def finish(args, model, *, n, m, device, world, train_wall, launched, seconds):
     evaluation.atomic_save(ckpt, os.path.join(args.out_dir, "ckpt.pt"))
     print(theory.format_table(summary["theory_rows"]))
     print(f"linear probe {summary['linear_acc']:.2f}% (random-init encoder "
-          f"{baseline['linear_acc']:.2f}%), kNN {summary['knn_acc']:.2f}%; pre-training "
+          f"{baseline['linear_acc']:.2f}%; fitted to convergence {summary['linear_lbfgs_acc']:.2f}"
+          f"%), kNN {summary['knn_acc']:.2f}%; pre-training "
           f"{train_wall:.0f} s, in all {summary['total_wall_s']:.0f} s; summary in "
           f"{args.out_dir}/summary.json")
 

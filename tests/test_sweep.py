@@ -177,3 +177,22 @@ def test_different_class_variance_from_summary_or_a_later_eval(tmp_path):
     (row,) = sweep.summarize(sweep.collect(tmp_path))
     assert row["diff_var"] == [0.04, 0.06]
     assert "| 0.0500 ± 0.0141 |" in sweep.markdown([row], [])
+
+
+def test_report_reads_the_probe_it_is_asked_for_and_names_runs_without_it(tmp_path, capsys):
+    """--probe lbfgs: summary.json's linear_lbfgs_acc, or eval.json's for a run evaluated again;
+    the paper's probe (linear_acc) by default; a run with neither is named, not averaged in."""
+    new = fake_run(tmp_path, seed=0, linear=50.0)
+    summary = json.loads((new / "summary.json").read_text())
+    (new / "summary.json").write_text(json.dumps({**summary, "linear_lbfgs_acc": 80.0}))
+    old = fake_run(tmp_path, seed=1, linear=60.0)
+    (old / "eval.json").write_text(json.dumps({"linear_lbfgs_acc": 90.0, "table1_stats": {}}))
+    assert [r["linear"] for r in sweep.summarize(sweep.collect(tmp_path))] == [[50.0, 60.0]]
+    (row,) = sweep.summarize(sweep.collect(tmp_path, probe="lbfgs"))
+    assert row["linear"] == [80.0, 90.0]
+    assert sweep.main(["report", str(tmp_path), "--probe", "lbfgs"]) == 0
+    assert "| 85.0 ± 7.1 |" in capsys.readouterr().out
+    missing = fake_run(tmp_path, seed=2)
+    with pytest.raises(SystemExit):
+        sweep.main(["report", str(tmp_path), "--probe", "lbfgs"])
+    assert str(missing) in capsys.readouterr().err
