@@ -312,18 +312,21 @@ def provenance(groups, rows):
         f"--{k.replace('_', '-')} {v}" for k, v in sorted(shared.items()))])
 
 
-def plot(rows, plot_dir):
+def plot(rows, plot_dir, probe="sgd"):
     """sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line per (loss, lam,
-    other flags); with several tau also sweep_gain_vs_tau.png. Bars: 95 % t intervals. Drawn
-    by figures.py, imported here only (and with it matplotlib)."""
+    other flags); with several tau also sweep_gain_vs_tau.png. Bars: 95 % t intervals; `probe`
+    names the linear probe on the axes. Drawn by figures.py, imported here only (and with it
+    matplotlib)."""
     import figures
 
     os.makedirs(plot_dir, exist_ok=True)
     plots = [("batch_size", ("neg_var", "linear"), "batch size m",
-              ("Var[s_neg] (Table 1 protocol)", "linear probe top-1 (%)"), "sweep_batch_size")]
+              ("Var[s_neg] (Table 1 protocol)", f"linear probe top-1 (%), {probe}"),
+              "sweep_batch_size")]
     if len({r["flags"].get("temperature") for r in rows}) > 1:
         plots.append(("temperature", ("gain_linear", "gain_knn"), "temperature τ",
-                      ("linear gain over λ = 0 (points)", "kNN gain over λ = 0 (points)"),
+                      (f"linear gain over λ = 0 (points), {probe}",
+                       "kNN gain over λ = 0 (points)"),
                       "sweep_gain_vs_tau"))
     paths = []
     for x, keys, xlabel, ylabels, name in plots:
@@ -367,7 +370,7 @@ def report(args, error):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
-    for path in plot(rows, args.plot_dir or args.folder[0]):
+    for path in plot(rows, args.plot_dir or args.folder[0], args.probe):
         print(f"figure: {path}")
     return 0
 
