@@ -1,5 +1,5 @@
-"""Evaluation: exact similarity statistics (Def. 4.1), linear probe, kNN, Table 1 protocol, and
-the figures of a run.
+"""Evaluation: exact similarity statistics (Def. 4.1), linear probe (the paper's SGD protocol and
+the same classifier fitted to convergence), kNN, Table 1 protocol, and the figures of a run.
 
     python eval.py --ckpt runs/RUN                 # trained encoder (train.py runs this too)
     python eval.py --ckpt runs/RUN --random-init   # same architecture, untrained: the baseline
@@ -9,7 +9,7 @@ Evaluating writes RUN/eval.json (or eval_random_init.json); --plot writes, drawn
 RUN/figures/similarities.png (histograms of the Table 1 similarities) and curves.png (the
 per-epoch curves of RUN/metrics.jsonl). Everything runs on --device (auto: the GPU when there
 is one); nothing needs one. The copyable functions (class_split_stats, similarity_histograms,
-linear_probe, knn_accuracy) are pure and paste alone; the statistics of Def. 4.1 themselves
+linear_probe, linear_probe_lbfgs, knn_accuracy) are pure and paste alone; the statistics of Def. 4.1 themselves
 are theory.similarity_stats.
 
 Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch (the
