@@ -9,8 +9,8 @@ Evaluating writes RUN/eval.json (or eval_random_init.json); --plot writes, drawn
 RUN/figures/similarities.png (histograms of the Table 1 similarities) and curves.png (the
 per-epoch curves of RUN/metrics.jsonl). Everything runs on --device (auto: the GPU when there
 is one); nothing needs one. The copyable functions (class_split_stats, similarity_histograms,
-linear_probe, linear_probe_lbfgs, knn_accuracy) are pure and paste alone; the statistics of Def. 4.1 themselves
-are theory.similarity_stats.
+linear_probe, linear_probe_lbfgs, knn_accuracy) are pure and paste alone; the statistics of
+Def. 4.1 themselves are theory.similarity_stats.
 
 Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch (the
 run's batch size), d embedding dimension (projector output). N images in the set at hand (a
