@@ -187,11 +187,11 @@ def curves(runs):
 # ---- sweep.py report ----------------------------------------------------------------------------
 
 def sweep(lines, ticks, xlabel, ylabels):
-    """Two panels against a swept flag on a log-2 axis ticked at the swept values `ticks`:
-    lines = {label: [(x, (mean, half-width), (mean, half-width)), ...]}, a point per x with the
-    95 % interval of the left and of the right panel's quantity (half-width nan: no bar)."""
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2)
+    """One panel per y label against a swept flag on a log-2 axis ticked at the swept values
+    `ticks`: lines = {label: [(x, (mean, half-width), ...), ...]}, a point per x with the 95 %
+    interval of each panel's quantity, in the order of `ylabels` (half-width nan: no bar)."""
+    fig = Figure(figsize=(5 * len(ylabels), 3.8))
+    axes = fig.subplots(1, len(ylabels))
     for label, points in sorted(lines.items()):
         for k, ax in enumerate(axes, start=1):
             ax.errorbar([p[0] for p in points], [p[k][0] for p in points], marker="o",

@@ -20,7 +20,9 @@ runs by every result-changing flag but seed and lam (so a pilot at 60 and at 120
 as two folders, makes the two rows of a convergence check), and prints per (group, lam) mean ±
 std over seeds and, for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals.
 `--contrast M1 M2`: gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS
-larger at small m. Figures are drawn by figures.py.
+larger at small m. `--plot-dir DIR` also draws the figures into DIR (figures.py draws them):
+Var[s_neg] and linear accuracy against m and, when tau varies, the gains and the relative drop
+of Var[s_neg] against tau; without it nothing is written beside the runs.
 
 Shape legend: m = pairs per batch, n = training-set size, tau = temperature, lam = weight of
 L_VRNS (Def. 5.7).
@@ -314,7 +316,8 @@ def provenance(groups, rows):
 
 def plot(rows, plot_dir, probe="sgd"):
     """sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line per (loss, lam,
-    other flags); with several tau also sweep_gain_vs_tau.png. Bars: 95 % t intervals; `probe`
+    other flags); with several tau also sweep_gain_vs_tau.png, the linear and kNN gains and the
+    relative drop of Var[s_neg] against tau. Bars: 95 % t intervals; `probe`
     names the linear probe on the axes. Drawn by figures.py, imported here only (and with it
     matplotlib)."""
     import figures
@@ -324,9 +327,9 @@ def plot(rows, plot_dir, probe="sgd"):
               ("Var[s_neg] (Table 1 protocol)", f"linear probe top-1 (%), {probe}"),
               "sweep_batch_size")]
     if len({r["flags"].get("temperature") for r in rows}) > 1:
-        plots.append(("temperature", ("gain_linear", "gain_knn"), "temperature τ",
+        plots.append(("temperature", ("gain_linear", "gain_knn", "var_drop"), "temperature τ",
                       (f"linear gain over λ = 0 (points), {probe}",
-                       "kNN gain over λ = 0 (points)"),
+                       "kNN gain over λ = 0 (points)", "Var[s_neg] drop from λ = 0 (%)"),
                       "sweep_gain_vs_tau"))
     paths = []
     for x, keys, xlabel, ylabels, name in plots:
@@ -370,7 +373,7 @@ def report(args, error):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
-    for path in plot(rows, args.plot_dir or args.folder[0], args.probe):
+    for path in plot(rows, args.plot_dir, args.probe) if args.plot_dir else ():
         print(f"figure: {path}")
     return 0
 
@@ -402,7 +405,7 @@ def main(argv=None):
     q.add_argument("--contrast", type=int, nargs=2, metavar=("M1", "M2"),
                    help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256")
     q.add_argument("--plot-dir", default=None,
-                   help="where the figures go (default: the first FOLDER)")
+                   help="also draw the figures into this folder (default: no figures)")
     q.add_argument("--markdown", default=None, help="also write the tables to this file")
     q.add_argument("--probe", choices=list(PROBES), default="sgd", help="the linear probe the "
                    "tables show: sgd, the paper's protocol (a fixed number of epochs), or "

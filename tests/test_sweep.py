@@ -108,18 +108,40 @@ def test_contrast_of_gains_between_batch_sizes(tmp_path):
     assert sweep.contrast(sweep.collect(tmp_path), 256, 16)[0]["linear"] == [-4.0, -5.0, -5.0]
 
 
-def test_report_writes_figures_and_markdown_beside_the_runs(tmp_path, capsys):
-    for tau in ("0.2", "0.5"):
+def test_report_draws_figures_only_when_asked_and_the_tau_figure_shows_the_var_drop(
+        tmp_path, capsys, monkeypatch):
+    for tau, var in (("0.2", 0.15), ("0.5", 0.05)):
         for seed in (0, 1):
             fake_run(tmp_path, seed=seed, flags=["--temperature", tau], commit="abc1234")
             fake_run(tmp_path, lam=1.0, seed=seed, flags=["--temperature", tau], linear=52.0,
-                     commit="def5678" if tau == "0.5" else "abc1234")
+                     var=var, commit="def5678" if tau == "0.5" else "abc1234")
     assert sweep.main(["report", str(tmp_path), "--markdown", str(tmp_path / "r.md")]) == 0
     out = capsys.readouterr().out
-    for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
-        assert (tmp_path / name).stat().st_size > 1000
     assert "commit(s) abc1234, def5678" in out and out.count("several commits") == 1
     assert "| simclr | 32 | 0.5 | 1 |" in (tmp_path / "r.md").read_text()
+    assert not list(tmp_path.glob("*.png")) and "figure:" not in out  # nothing unasked for
+    figs = tmp_path / "figs"
+    assert sweep.main(["report", str(tmp_path), "--plot-dir", str(figs)]) == 0
+    for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
+        assert (figs / name).stat().st_size > 1000
+    import figures
+    drawn = {}
+
+    def record(lines, ticks, xlabel, ylabels):
+        drawn[xlabel] = (lines, ticks, ylabels)
+        return Saver()
+    monkeypatch.setattr(figures, "sweep", record)
+    sweep.plot(sweep.summarize(sweep.collect(tmp_path)), str(figs))
+    lines, ticks, ylabels = drawn["temperature τ"]
+    assert ticks == [0.2, 0.5] and len(ylabels) == 3 and "drop" in ylabels[2]
+    (points,) = lines.values()  # lam = 1, with (gain_linear, gain_knn, var_drop) per tau
+    assert [(x, lin[0], drop[0]) for x, lin, _, drop in points] == [
+        (0.2, 2.0, pytest.approx(25.0)), (0.5, 2.0, pytest.approx(75.0))]
+
+
+class Saver:
+    def savefig(self, path, dpi):
+        pass
 
 
 def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
