@@ -20,9 +20,9 @@ runs by every result-changing flag but seed and lam (so a pilot at 60 and at 120
 as two folders, makes the two rows of a convergence check), and prints per (group, lam) mean ±
 std over seeds and, for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals.
 `--contrast M1 M2`: gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS
-larger at small m. `--plot-dir DIR` also draws the figures into DIR (figures.py draws them):
-Var[s_neg] and linear accuracy against m and, when tau varies, the gains and the relative drop
-of Var[s_neg] against tau; without it nothing is written beside the runs.
+larger at small m. `--plot-dir DIR` also draws figures into DIR: Var[s_neg] and linear
+accuracy against m and, when tau varies, the gains and the relative drop of Var[s_neg] against
+tau; without it nothing is written beside the runs.
 
 Shape legend: m = pairs per batch, n = training-set size, tau = temperature, lam = weight of
 L_VRNS (Def. 5.7).
@@ -317,9 +317,8 @@ def provenance(groups, rows):
 def plot(rows, plot_dir, probe="sgd"):
     """sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line per (loss, lam,
     other flags); with several tau also sweep_gain_vs_tau.png, the linear and kNN gains and the
-    relative drop of Var[s_neg] against tau. Bars: 95 % t intervals; `probe`
-    names the linear probe on the axes. Drawn by figures.py, imported here only (and with it
-    matplotlib)."""
+    relative drop of Var[s_neg] against tau. Bars: 95 % t intervals; `probe` names the linear
+    probe on the axes. Drawn by figures.py, imported here only (and with it matplotlib)."""
     import figures
 
     os.makedirs(plot_dir, exist_ok=True)
@@ -373,8 +372,9 @@ def report(args, error):
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
-    for path in plot(rows, args.plot_dir, args.probe) if args.plot_dir else ():
-        print(f"figure: {path}")
+    if args.plot_dir:
+        for path in plot(rows, args.plot_dir, args.probe):
+            print(f"figure: {path}")
     return 0
 
 

@@ -3,6 +3,7 @@ refusing a folder of runs with other flags, the figures' folder, and a tiny real
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -124,24 +125,18 @@ def test_report_draws_figures_only_when_asked_and_the_tau_figure_shows_the_var_d
     assert sweep.main(["report", str(tmp_path), "--plot-dir", str(figs)]) == 0
     for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
         assert (figs / name).stat().st_size > 1000
-    import figures
     drawn = {}
 
-    def record(lines, ticks, xlabel, ylabels):
+    def record(lines, ticks, xlabel, ylabels):  # figures.sweep, keeping what it was given
         drawn[xlabel] = (lines, ticks, ylabels)
-        return Saver()
-    monkeypatch.setattr(figures, "sweep", record)
+        return SimpleNamespace(savefig=lambda path, dpi: None)
+    monkeypatch.setattr("figures.sweep", record)
     sweep.plot(sweep.summarize(sweep.collect(tmp_path)), str(figs))
     lines, ticks, ylabels = drawn["temperature τ"]
     assert ticks == [0.2, 0.5] and len(ylabels) == 3 and "drop" in ylabels[2]
     (points,) = lines.values()  # lam = 1, with (gain_linear, gain_knn, var_drop) per tau
     assert [(x, lin[0], drop[0]) for x, lin, _, drop in points] == [
         (0.2, 2.0, pytest.approx(25.0)), (0.5, 2.0, pytest.approx(75.0))]
-
-
-class Saver:
-    def savefig(self, path, dpi):
-        pass
 
 
 def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
