@@ -370,3 +370,19 @@ def test_choose_speed_times_only_real_candidates():
     assert threads == 1 and precision in ("fp32", "bf16")
     assert train.choose_speed(model, batch=4, size=16, threads=3, precision="fp32",
                               device=cpu) == (3, "fp32")
+
+
+def test_the_readmes_step_runs_and_its_statistics_describe_one_batch():
+    """The README's "In your own code" example, run as printed. L_VRNS is the mean squared
+    distance of the negatives from -1/(n-1), so it must equal Var[s_neg] + (E[s_neg] +
+    1/(n-1))^2 of the same batch: the logged statistics and the term saw the same embeddings."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    step = [b for b in blocks if "train.contrastive_step(" in b]
+    assert len(step) == 1, "the README should show contrastive_step in one python block"
+    scope = {}
+    exec(step[0], scope)
+    n = int(re.search(r"\bn=(\d+)", step[0]).group(1))
+    assert scope["stats"].shape == (5,) and math.isfinite(scope["loss"])
+    assert scope["vrns"] == pytest.approx(
+        scope["neg_var"] + (scope["neg_mean"] + 1 / (n - 1)) ** 2, rel=1e-4)
