@@ -315,16 +315,18 @@ def provenance(groups, rows):
 
 
 def plot(rows, plot_dir, probe="sgd"):
-    """sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line per (loss, lam,
-    other flags); with several tau also sweep_gain_vs_tau.png, the linear and kNN gains and the
-    relative drop of Var[s_neg] against tau. Bars: 95 % t intervals; `probe` names the linear
-    probe on the axes. Drawn by figures.py, imported here only (and with it matplotlib)."""
+    """With several m, sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line
+    per (loss, lam, other flags); with several tau, sweep_gain_vs_tau.png: the linear and kNN
+    gains and the relative drop of Var[s_neg] against tau. Bars: 95 % t intervals; `probe`
+    names the linear probe on the axes. Drawn by figures.py, imported here only (and with it matplotlib)."""
     import figures
 
     os.makedirs(plot_dir, exist_ok=True)
-    plots = [("batch_size", ("neg_var", "linear"), "batch size m",
-              ("Var[s_neg] (Table 1 protocol)", f"linear probe top-1 (%), {probe}"),
-              "sweep_batch_size")]
+    plots = []
+    if len({r["flags"]["batch_size"] for r in rows}) > 1:
+        plots.append(("batch_size", ("neg_var", "linear"), "batch size m",
+                      ("Var[s_neg] (Table 1 protocol)", f"linear probe top-1 (%), {probe}"),
+                      "sweep_batch_size"))
     if len({r["flags"].get("temperature") for r in rows}) > 1:
         plots.append(("temperature", ("gain_linear", "gain_knn", "var_drop"), "temperature τ",
                       (f"linear gain over λ = 0 (points), {probe}",
@@ -350,9 +352,11 @@ def report(args, error):
     for folder in args.folder:
         if not os.path.isdir(folder):
             error(f"{folder} is not a folder of runs")
-    groups = collect(*args.folder, probe=args.probe)
+    groups = {g: by_lam for g, by_lam in collect(*args.folder, probe=args.probe).items()
+              if not args.batch_sizes or dict(g)["batch_size"] in args.batch_sizes}
     if not groups:
-        error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {' '.join(args.folder)}")
+        error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {' '.join(args.folder)}"
+              + (f" with m in {args.batch_sizes}" if args.batch_sizes else ""))
     unprobed = [run["dir"] for by_lam in groups.values() for runs in by_lam.values()
                 for run in runs.values() if run["linear"] is None]
     if unprobed:
@@ -406,6 +410,9 @@ def main(argv=None):
                    help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256")
     q.add_argument("--plot-dir", default=None,
                    help="also draw the figures into this folder (default: no figures)")
+    q.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="M",
+                   help="report only the runs at these m (default: all), e.g. 256 to draw the "
+                   "temperature figure of one m")
     q.add_argument("--markdown", default=None, help="also write the tables to this file")
     q.add_argument("--probe", choices=list(PROBES), default="sgd", help="the linear probe the "
                    "tables show: sgd, the paper's protocol (a fixed number of epochs), or "

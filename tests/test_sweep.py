@@ -116,6 +116,7 @@ def test_report_draws_figures_only_when_asked_and_the_tau_figure_shows_the_var_d
             fake_run(tmp_path, seed=seed, flags=["--temperature", tau], commit="abc1234")
             fake_run(tmp_path, lam=1.0, seed=seed, flags=["--temperature", tau], linear=52.0,
                      var=var, commit="def5678" if tau == "0.5" else "abc1234")
+    fake_run(tmp_path, m=256, flags=["--temperature", "0.2"], commit="abc1234")
     assert sweep.main(["report", str(tmp_path), "--markdown", str(tmp_path / "r.md")]) == 0
     out = capsys.readouterr().out
     assert "commit(s) abc1234, def5678" in out and out.count("several commits") == 1
@@ -125,6 +126,12 @@ def test_report_draws_figures_only_when_asked_and_the_tau_figure_shows_the_var_d
     assert sweep.main(["report", str(tmp_path), "--plot-dir", str(figs)]) == 0
     for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
         assert (figs / name).stat().st_size > 1000
+    one_m = tmp_path / "one_m"  # a figure against m needs several m: none of one m
+    assert sweep.main(["report", str(tmp_path), "--batch-sizes", "32", "--plot-dir",
+                       str(one_m), "--markdown", str(tmp_path / "r32.md")]) == 0
+    assert sorted(p.name for p in one_m.iterdir()) == ["sweep_gain_vs_tau.png"]
+    assert "| simclr | 256 |" not in (tmp_path / "r32.md").read_text()
+    assert "| simclr | 256 |" in (tmp_path / "r.md").read_text()
     drawn = {}
 
     def record(lines, ticks, xlabel, ylabels):  # figures.sweep, keeping what it was given
