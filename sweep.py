@@ -318,7 +318,8 @@ def plot(rows, plot_dir, probe="sgd"):
     """With several m, sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line
     per (loss, lam, other flags); with several tau, sweep_gain_vs_tau.png: the linear and kNN
     gains and the relative drop of Var[s_neg] against tau. Bars: 95 % t intervals; `probe`
-    names the linear probe on the axes. Drawn by figures.py, imported here only (and with it matplotlib)."""
+    names the linear probe on the axes. Drawn by figures.py, imported here only (and with it
+    matplotlib)."""
     import figures
 
     os.makedirs(plot_dir, exist_ok=True)
