@@ -20,9 +20,10 @@ runs by every result-changing flag but seed and lam (so a pilot at 60 and at 120
 as two folders, makes the two rows of a convergence check), and prints per (group, lam) mean ±
 std over seeds and, for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals.
 `--contrast M1 M2`: gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS
-larger at small m. `--plot-dir DIR` also draws figures into DIR: Var[s_neg] and linear
-accuracy against m and, when tau varies, the gains and the relative drop of Var[s_neg] against
-tau; without it nothing is written beside the runs.
+larger at small m. `--batch-sizes M ...` keeps only the runs at those m. `--plot-dir DIR`
+also draws figures into DIR: when m varies, Var[s_neg] and linear accuracy against m; when tau
+varies, the gains and the relative drop of Var[s_neg] against tau. Without it nothing is
+written beside the runs.
 
 Shape legend: m = pairs per batch, n = training-set size, tau = temperature, lam = weight of
 L_VRNS (Def. 5.7).
