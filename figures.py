@@ -179,7 +179,7 @@ def curves(runs):
               "kNN monitor, top-1 %")
     for ax, title in zip(axes, titles):
         ax.set(title=title, xlabel="epoch")
-    for ax in (axes[0], *axes[2:]):
+    for ax in (axes[0], *axes[2:5]):  # the monitor panel has no labelled lines
         ax.legend(fontsize=7)
     return fig
 

@@ -323,6 +323,7 @@ def test_metric_curves():
     assert curves["monitor_epoch"] == [1, 3] and curves["monitor_knn"] == [20, 35]
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. a legend without labelled lines
 def test_plot_writes_both_figures_from_the_table1_protocol(tmp_path, capsys):
     base = make_run(tmp_path / "lam0")
     vrns = make_run(tmp_path / "lam1", epochs=2, vrns_weight=1.0)
