@@ -229,7 +229,7 @@ def make_step(config, m, device, compile_model=False):
     train.contrastive_step (simclr, L_VRNS logged at lam = 0, backward, AdamW). Returns
     (model, step, augment): step(bf16) takes one step, augment() draws the two views alone."""
     model = models.ContrastiveModel("resnet18", width=config["width"], stem=config["stem"])
-    model = model.to(device, memory_format=torch.channels_last)  # as train.py
+    model = model.to(device, memory_format=models.memory_format(model, device))  # as train.py
     net = torch.compile(model, dynamic=False) if compile_model else model  # one m per model
     # train.py's default optimiser; no cost depends on the learning rate or the decay
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)

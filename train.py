@@ -73,7 +73,7 @@ def contrastive_step(net, optimizer, x, y, *, loss_fn, vrns_fn, n, lam, bf16=Fal
     Returns a (5,) tensor on the device: loss, L_VRNS, and E[s_pos], E[s_neg], Var[s_neg] of
     the global batch's m positive and m(m-1) cross-view negative pairs (Def. 4.1). Nothing here
     reads a value back, so on a GPU the CPU never waits for it."""
-    xy = torch.cat([x, y]).contiguous(memory_format=torch.channels_last)  # (2B, 3, S, S)
+    xy = torch.cat([x, y])  # (2B, 3, S, S); the first conv's weights set the layout from here
     # a disabled CPU autocast when bf16 is off: it does nothing on any device (even meta)
     with torch.autocast(xy.device.type if bf16 else "cpu", torch.bfloat16, enabled=bf16):
         _, z = net(xy)  # (2B, d)
@@ -125,8 +125,7 @@ def train(args, stop, resumed=None):
 
     torch.manual_seed(args.seed)  # the initial weights
     model = models.ContrastiveModel(args.arch, width=args.width, stem=args.stem)
-    # channels_last (NHWC): oneDNN's and cuDNN's fast convolutions; bench.py measures it
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=models.memory_format(model, device))
     args.threads, args.precision = choose_speed(model, batch=m // world, size=aug["size"],
                                                 threads=args.threads,
                                                 precision=args.precision, device=device)
@@ -238,7 +237,7 @@ def finish(args, model, *, n, m, device, world, train_wall, launched, seconds):
                                       probe_epochs=args.probe_epochs, seed=args.seed,
                                       device=device, workers=args.workers)
     untrained = evaluation.model_of({"args": run}, random_init=True)  # the baseline
-    untrained = untrained.to(device, memory_format=torch.channels_last)
+    untrained = untrained.to(device, memory_format=models.memory_format(untrained, device))
     baseline = evaluation.evaluate_run(untrained, run, data_dir=args.data_dir,
                                        probe_epochs=args.probe_epochs, seed=args.seed,
                                        device=device, workers=args.workers)
@@ -413,7 +412,7 @@ def choose_speed(model, *, batch, size, threads, precision, device):
         return candidates[0]
     trial = copy.deepcopy(model)
     x = torch.rand(2 * batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    x = x.contiguous(memory_format=torch.channels_last)  # (2B, 3, S, S) as contrastive_step
+    x = x.contiguous(memory_format=models.memory_format(trial, device))  # (2B, 3, S, S)
     best = {}
     for rnd in range(3):  # round 0 warms up; the rest keep each candidate's fastest pass
         for t, p in candidates:

@@ -24,7 +24,7 @@ x, y = x.double(), y.double()
 torch.set_default_dtype(torch.float64)  # so that only real differences exceed 1e-5
 torch.manual_seed(0)
 model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
-model = model.to(memory_format=torch.channels_last)  # as train.py
+model = model.to(memory_format=models.memory_format(model, torch.device("cpu")))  # train.py's
 net = model
 if world > 1:
     net = torch.nn.parallel.DistributedDataParallel(train.global_batchnorm(model))

@@ -1,5 +1,9 @@
 """Tests for models.py: shapes for every arch and stem, equality with torchvision's ResNets, the
 projector of App. D, argument checks and the device picker."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -88,3 +92,49 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match='no CUDA GPU'):
             models.pick_device('cuda:0')
+
+
+# One training step in the layout models.memory_format picks, at the tests' smallest width, must
+# leave the weights the NCHW step leaves. Run in a subprocess (an abort fails this test, not the
+# suite) with oneDNN capped at AVX2, whose 1x1 stride-2 backward-weights kernel corrupts memory
+# on channels_last inputs with < 8 channels: so this fails on any x86 CPU if the rule goes.
+LAYOUT_STEP = """
+import copy, torch, data, losses, models, train
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = models.ContrastiveModel("resnet18", width=4, stem="cifar_s2")
+nchw = copy.deepcopy(model)
+model = model.to(memory_format=models.memory_format(model, torch.device("cpu")))
+aug = data.augment_kwargs("shapes")
+x, y = data.two_views(data.make_shapes(32, seed=0)[0], generator=torch.Generator().manual_seed(0),
+                      **aug)
+loss_fn = train.make_loss("simclr", temperature=0.2, siglip_t=10.0, siglip_b=10.0,
+                          within_view=False)
+for net in (model, nchw):
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(20):
+        train.contrastive_step(net, opt, x, y, loss_fn=loss_fn, vrns_fn=losses.vrns_loss, n=256,
+                               lam=1.0)
+print(max((a - b).abs().max().item() for a, b in zip(model.parameters(), nchw.parameters())))
+"""
+
+
+def test_the_picked_layout_trains_as_nchw_on_avx2():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", LAYOUT_STEP], cwd=root, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                                       "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout) < 1e-4
+
+
+def test_memory_format_rule():
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    for width, arch, layout in [(4, 'resnet18', torch.contiguous_format),
+                                (8, 'resnet18', torch.contiguous_format),
+                                (16, 'resnet18', torch.channels_last),
+                                (4, 'resnet50', torch.channels_last)]:  # shortcut in: 4 * 4
+        with torch.device('meta'):
+            model = models.ContrastiveModel(arch, width=width)
+        assert models.memory_format(model, cpu) == layout
+        assert models.memory_format(model, cuda) == torch.channels_last
