@@ -1,27 +1,23 @@
-"""Evaluation: exact similarity statistics (Def. 4.1), linear probe (the paper's SGD protocol and
-the same classifier fitted to convergence), kNN, Table 1 protocol, and the figures of a run.
+"""Evaluation of a pre-trained encoder: what the paper measures on it (§4, §6, App. D).
 
-    python eval.py --ckpt runs/RUN                 # trained encoder (train.py runs this too)
-    python eval.py --ckpt runs/RUN --random-init   # same architecture, untrained: the baseline
-    python eval.py --ckpt runs/A --ckpt runs/B --plot   # figures of one run, or two overlaid
+    python eval.py --ckpt runs/RUN     # RUN/eval.json; train.py runs the same at its end
 
-Evaluating writes RUN/eval.json (or eval_random_init.json); --plot writes, drawn by figures.py,
-RUN/figures/similarities.png (histograms of the Table 1 similarities) and curves.png (the
-per-epoch curves of RUN/metrics.jsonl). Everything runs on --device (auto: the GPU when there
-is one); nothing needs one. The copyable functions (class_split_stats, similarity_histograms,
-linear_probe, linear_probe_lbfgs, knn_accuracy) are pure and paste alone; the statistics of
-Def. 4.1 themselves are theory.similarity_stats.
+`class_split_stats` splits the negatives of Def. 4.1 by class; `linear_probe` (the paper's SGD
+protocol), `linear_probe_lbfgs` (the same classifier fitted to convergence) and `knn_accuracy`
+score frozen encoder features h; `table1_stats` is Table 1's protocol; `evaluate` runs them all
+on the splits that `load_splits` reads once per run. The first four are pure and paste alone.
 
-Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch (the
-run's batch size), d embedding dimension (projector output). N images in the set at hand (a
-sample such as Table 1's 5,000, or a whole split), D_h encoder feature dimension, C classes,
-B images per forward pass, k neighbours of the kNN classifier.
+Shape legend, the paper's letters where it has one: n training-set size, m pairs per batch, d
+embedding dimension (projector output); N images in the set at hand (a sample such as Table 1's
+5,000, or a whole split), D_h encoder feature dimension, C classes, B images per forward pass,
+k neighbours of the kNN classifier.
 """
 import argparse
 import json
 import math
 import os
-import sys
+import platform
+import subprocess
 import time
 
 import torch
@@ -29,9 +25,8 @@ import torch.nn.functional as F
 
 import data
 import models
+import theory
 from theory import similarity_stats  # Def. 4.1, exact over all pairs
-
-CKPT_FORMAT = "embedding-similarity-ckpt/1"  # the marker of write_checkpoint, below
 
 
 def class_split_stats(u, v, labels):
@@ -66,31 +61,7 @@ def class_split_stats(u, v, labels):
     return out
 
 
-@torch.no_grad()
-def similarity_histograms(u, v, *, bins=100, max_chunk=2 ** 24):
-    """Bin counts over [-1, 1] of the N positive similarities s_ii and of the N(N-1) cross-view
-    negatives s_ij, i != j (Def. 4.1): two int64 tensors (bins,) on the inputs' device.
-
-    The negatives are never all in memory (25M at Table 1's N = 5,000): rows of S = U V^T are
-    made and binned a chunk at a time, at most max_chunk similarities each (64 MB in float32).
-    torch.histc counts in the inputs' dtype, exact in float32 up to 2^24, hence the default.
-    It ignores values outside [min, max]: the diagonal is set to 2 to leave it out, after
-    clamping the rest, which rounding can push just past +-1.
-    """
-    if u.dim() != 2 or u.shape != v.shape:
-        raise ValueError(f"need u, v of one shape (N, d); got {u.shape} and {v.shape}")
-    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)  # (N, d) each
-    pos = torch.histc((u * v).sum(1).clamp(-1, 1), bins, -1, 1).long()  # (bins,)
-    neg = torch.zeros(bins, dtype=torch.long, device=u.device)  # (bins,)
-    rows = max(1, max_chunk // len(v))
-    for start in range(0, len(u), rows):
-        s = (u[start:start + rows] @ v.T).clamp_(-1, 1)  # (rows, N)
-        s.diagonal(offset=start).fill_(2.0)  # s_ii: the positives
-        neg += torch.histc(s, bins, -1, 1).long()
-    return pos, neg
-
-
-# ---- Downstream evaluation of a frozen encoder ---------------------------------------------------
+# ---- Downstream evaluation of a frozen encoder --------------------------------------------------
 
 @torch.no_grad()
 def extract_features(encoder, images, *, mean, std, batch_size=512, device="cpu"):
@@ -112,9 +83,8 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, *, num_clas
     """Top-1 test accuracy (%) of a linear classifier on frozen, L2-normalised features.
 
     The paper's protocol (App. D): no augmentation, L2-normalised features, SGD lr 0.1, no weight
-    decay, batch 256, 200 epochs (on precomputed features an epoch costs milliseconds).
-    Momentum 0.9 and a cosine decay to 0 are added. The official code instead trains on
-    crop+flip augmented images without normalising features: a different protocol.
+    decay, batch 256, 200 epochs; momentum 0.9 and a cosine decay to 0 are added. The official
+    code instead trains on crop+flip augmented images without normalising features.
     Runs on the device of train_feats. The initial weights and the batch order come from a
     seeded CPU generator, so every device draws the same numbers.
     """
@@ -209,8 +179,6 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, num_clas
     return 100.0 * correct.item() / len(test_feats)
 
 
-# ---- Table 1: similarities of the projector outputs on two augmentations of training images ------
-
 @torch.no_grad()
 def table1_embeddings(model, images, *, augment_kwargs, generator=None, batch_size=512,
                       device="cpu"):
@@ -243,180 +211,127 @@ def table1_stats(model, images, *, augment_kwargs, generator=None, batch_size=51
     return {key: s.item() if torch.is_tensor(s) else s for key, s in stats.items()}
 
 
-def table1_images(dataset, *, data_dir, count=5000, train_size=0, seed=0, size=None):
-    """The first `count` training images, uint8 (N, 3, H, W), and their labels (N,) (-1 for
-    stl10_unlabeled): Table 1 draws its positive pairs by augmenting 5,000 training images.
-    ImageFolder images are resized to `size` on reading."""
-    if dataset == "imagefolder":
-        folder = data.datasets.ImageFolder(os.path.join(data_dir, "train"))
-        N = min(count, train_size or len(folder), len(folder))
-        return data.imagefolder_images(folder, range(N), size)
-    images, labels, _ = data.load_dataset(dataset, data_dir=data_dir, train=True, seed=seed)
-    N = min(count, train_size or len(images))
-    return images[:N], labels[:N]
-
-
-def monitor_images(dataset, *, data_dir, count, seed, size, data_seed=0):
-    """The labelled images of train.py's per-epoch accuracy monitor: a seeded random subset of
-    `count` training images (the kNN bank) and of `count` held-out test images (the queries),
-    uint8 (N, 3, H, W) with labels (N,), and the number of classes. stl10_unlabeled has no
-    labels: its monitor uses STL-10's labelled splits, as its evaluation does."""
-    labelled = "stl10" if dataset == "stl10_unlabeled" else dataset
-    out = []
-    for train in (True, False):
-        if dataset == "imagefolder":
-            folder = data.datasets.ImageFolder(os.path.join(data_dir, "train" if train else "val"))
-            N, classes = len(folder), len(folder.classes)
-        else:
-            images, labels, classes = data.load_dataset(labelled, data_dir=data_dir, train=train,
-                                                        seed=data_seed)
-            N = len(images)
-        idx = torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:count]  # (N',)
-        if dataset == "imagefolder":
-            out += data.imagefolder_images(folder, idx, size)
-        else:
-            out += [images[idx], labels[idx]]
-    return (*out, classes)
-
-
 @torch.no_grad()
 def knn_monitor(encoder, bank, bank_labels, queries, query_labels, *, num_classes, mean, std,
                 device="cpu"):
-    """The accuracy monitor of a run in progress (as solo-learn and lightly watch theirs):
-    weighted kNN top-1 (%) of held-out queries against a bank of training images, on encoder
-    features of un-augmented images. Cheap enough for every epoch: 2 x 500 forward passes."""
+    """The accuracy monitor of a run in progress: weighted kNN top-1 (%) of held-out queries
+    against a bank of training images, on encoder features of un-augmented images."""
     bank_f = extract_features(encoder, bank, mean=mean, std=std, device=device)  # (N, D_h)
     query_f = extract_features(encoder, queries, mean=mean, std=std, device=device)
     return knn_accuracy(bank_f, bank_labels, query_f, query_labels, num_classes=num_classes,
                         k=min(20, len(bank_f)))
 
 
-# ---- A run of train.py: its checkpoint, its features, everything the paper measures on it --------
-
-def write_checkpoint(path, *, args, step, epochs_logged, sums, device, model, optimizer,
-                     finished=False):
-    """A checkpoint of train.py (its only writer): the run's flags, the step and the epochs
-    logged so far, this epoch's sums of the step statistics, the device type it ran on, the
-    state dicts, and `finished` once summary.json is written. No random state: the views are
-    re-seeded from (seed, step), so a run resumes on any device and process count."""
-    atomic_save({"format": CKPT_FORMAT, "args": args, "step": step,
-                 "epochs_logged": epochs_logged, "sums": sums, "device": device,
-                 "model": model, "optimizer": optimizer, "finished": finished}, path)
-
-
-def atomic_save(obj, path):
-    """Write to a temporary file, fsync, then rename: a crash mid-save keeps the old file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_checkpoint(path):
-    """The checkpoint of a train.py run, from its directory or its ckpt.pt, loaded onto the CPU.
-    Raises ValueError with one line saying what is wrong: no such file, unreadable
-    (truncated, not a torch file), or not written by train.py."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "ckpt.pt")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such checkpoint; give a train.py run directory or its "
-                         "ckpt.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt or not a torch file at all
-        first_line = str(e).splitlines()[0][:120] if str(e) else ""
-        raise ValueError(f"{path}: cannot be read ({type(e).__name__}: {first_line}); it may be "
-                         "truncated, use an intact copy") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path}: not a checkpoint of train.py (no '{CKPT_FORMAT}' marker)")
-    return ckpt
+def evaluate(model, splits, *, augment_kwargs, probe_epochs=200, seed=0, device="cpu",
+             workers=0):
+    """Everything the paper measures on a pre-trained model: linear-probe top-1 (%) by the
+    paper's SGD protocol and fitted to convergence by L-BFGS, and kNN top-1 (%), on encoder
+    features of splits["train"] and splits["test"]; and the Table 1 statistics of the projector
+    outputs on two augmentations of splits["pairs"], their negatives also split by class."""
+    mean, std = augment_kwargs["mean"], augment_kwargs["std"]
+    train_f, train_y = split_features(model.encoder, splits["train"], mean=mean, std=std,
+                                      device=device, workers=workers)  # (N, D_h), (N,)
+    test_f, test_y = split_features(model.encoder, splits["test"], mean=mean, std=std,
+                                    device=device, workers=workers)  # (N_test, D_h), (N_test,)
+    C, pairs = splits["classes"], splits["pairs"]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return {
+        "linear_acc": linear_probe(train_f, train_y, test_f, test_y, num_classes=C,
+                                   epochs=probe_epochs, seed=seed),
+        "linear_lbfgs_acc": linear_probe_lbfgs(train_f, train_y, test_f, test_y, num_classes=C),
+        "knn_acc": knn_accuracy(train_f, train_y, test_f, test_y, num_classes=C),
+        "table1_stats": table1_stats(model, pairs[0], augment_kwargs=augment_kwargs,
+                                     generator=gen, device=device, labels=pairs[1]),
+    }
 
 
-def run_dir_of(path):
-    """The run directory of a --ckpt: the directory given, or the one that holds the ckpt.pt."""
-    return path if os.path.isdir(path) else os.path.dirname(path)
+def evaluate_run(model, splits, run, *, probe_epochs=200, seed=None, device="cpu", workers=0):
+    """evaluate() of a model trained by train.py with the flags `run` (a dict) and of an
+    untrained model of the same architecture, the baseline; the Table 1 statistics against the
+    theory; and the code, CPU and versions that computed them."""
+    kw = dict(augment_kwargs=data.augment_kwargs(run["dataset"], run["image_size"]),
+              probe_epochs=probe_epochs, seed=run["seed"] if seed is None else seed,
+              device=device, workers=workers)
+    result = evaluate(model, splits, **kw)
+    untrained = model_of({"args": run}, random_init=True)
+    untrained = untrained.to(device, memory_format=models.memory_format(untrained, device))
+    rows = theory.compare_with_theory(result["table1_stats"], len(splits["pretrain"]),
+                                      run["batch_size"])
+    return dict(result, random_init=evaluate(untrained, splits, **kw), theory_rows=rows,
+                commit=code_version(), cpu=cpu_name(), versions={
+                    "python": platform.python_version(), "torch": torch.__version__})
+
+
+# ---- Plumbing (skip on a first reading): the splits of a run, checkpoints, the command line ---
+
+def load_splits(run, *, data_dir, download=False):
+    """Every image a run needs (`run`: train.py's flags as a dict), each split read once:
+    pretrain (what train.py trains on: uint8 (n, 3, H, W), or ImageFolderPairs for a tree);
+    train and test (labelled: (images, labels), or an ImageFolder); pairs (Table 1's first <=
+    5,000 training images and labels); tracked (--track-size seeded random training images);
+    monitor (--monitor-size seeded random labelled training and test images: bank, labels,
+    queries, labels; None at 0); classes. --train-size / --test-size keep the first images.
+    stl10_unlabeled pre-trains on STL-10's unlabeled images (labels -1), evaluated on its
+    labelled splits. Raises FileNotFoundError or ValueError in one line."""
+    name, n, n_test = run["dataset"], run["train_size"] or None, run["test_size"] or None
+    aug, count = data.augment_kwargs(name, run["image_size"]), run["monitor_size"]
+
+    def pick(N, k):  # k seeded random indices of N
+        return torch.randperm(N, generator=torch.Generator().manual_seed(run["seed"]))[:k]
+
+    if name == "imagefolder":  # streamed from root/train and root/val; samples decoded by PIL
+        dirs = [os.path.join(data_dir, split) for split in ("train", "val")]
+        pretrain = data.ImageFolderPairs(dirs[0], data.imagefolder_two_view_transform(**aug))
+        raw = [data.datasets.ImageFolder(d) for d in dirs]
+        n, n_test = n or len(raw[0]), n_test or len(raw[1])
+        tf = data.imagefolder_eval_transform(aug["size"], aug["mean"], aug["std"])
+        train, test = (torch.utils.data.Subset(data.datasets.ImageFolder(d, tf), range(k))
+                       for d, k in zip(dirs, (n, n_test)))
+
+        def decode(folder, idx):  # -> (k, 3, S, S) uint8, (k,)
+            return data.imagefolder_images(folder, idx, aug["size"])
+
+        return dict(pretrain=pretrain, train=train, test=test, classes=len(raw[0].classes),
+                    pairs=decode(raw[0], range(min(n, 5000))),
+                    tracked=decode(raw[0], pick(n, run["track_size"]))[0],
+                    monitor=(*decode(raw[0], pick(n, count)), *decode(raw[1], pick(n_test, count)))
+                    if count else None)
+    kw = dict(data_dir=data_dir, download=download, seed=run["data_seed"])
+    labelled = "stl10" if name == "stl10_unlabeled" else name
+    x, y, classes = data.load_dataset(labelled, "train", **kw)  # (N, 3, H, W) uint8, (N,)
+    test_x, test_y, _ = data.load_dataset(labelled, "test", **kw)
+    pre_x, pre_y = (data.load_dataset("stl10", "unlabeled", **kw)[:2] if labelled != name
+                    else (x, y))  # (n, 3, H, W), (n,)
+    if n is not None and n > len(pre_x):
+        raise ValueError(f"--train-size {n} exceeds the {len(pre_x)} training images")
+    pre_x, pre_y = pre_x[:n], pre_y[:n]
+    if labelled == name:
+        x, y = pre_x, pre_y
+    test_x, test_y = test_x[:n_test], test_y[:n_test]
+    bank, queries = pick(len(x), count), pick(len(test_x), count)
+    return dict(pretrain=pre_x, train=(x, y), test=(test_x, test_y), classes=classes,
+                pairs=(pre_x[:5000], pre_y[:5000]),
+                tracked=pre_x[pick(len(pre_x), run["track_size"])],
+                monitor=(x[bank], y[bank], test_x[queries], test_y[queries]) if count else None)
 
 
 @torch.no_grad()
-def loader_features(encoder, loader, *, device="cpu"):
-    """extract_features for data too large for memory (ImageFolder trees): a DataLoader of
-    (normalised images (B, 3, S, S), labels (B,)) -> features (N, D_h), labels (N,) on device."""
+def split_features(encoder, split, *, mean, std, device="cpu", workers=0):
+    """Encoder features (N, D_h) and labels (N,) on device of a split of load_splits: images in
+    memory through extract_features; an ImageFolder decoded and normalised by DataLoader workers.
+    """
+    if isinstance(split, tuple):
+        images, labels = split
+        return extract_features(encoder, images, mean=mean, std=std,
+                                device=device), labels.to(device)
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
-    for x, y in loader:
+    for x, y in torch.utils.data.DataLoader(split, batch_size=256, num_workers=workers):
         feats.append(encoder(x.to(device, non_blocking=True)).float())  # (B, D_h)
         labels.append(y.to(device))
     encoder.train(was_training)
     return torch.cat(feats), torch.cat(labels)
-
-
-def split_features(encoder, dataset, *, data_dir, train_size=0, test_size=0, augment_kwargs,
-                   seed=0, device="cpu", workers=8):
-    """Encoder features and labels of the train and test splits of a dataset, in eval mode
-    without augmentation: (train_f, train_y, test_f, test_y, num_classes), features on device.
-    train_size (0 = all) is the run's --train-size: it keeps the first images of a train split
-    that was also pre-trained on; test_size (0 = all) keeps the first images of the test split.
-    stl10_unlabeled has no labels: STL-10's labelled train (5,000)
-    and test (8,000) splits, whole, as is standard for a model pre-trained on it."""
-    mean, std = augment_kwargs["mean"], augment_kwargs["std"]
-    if dataset == "imagefolder":  # streamed: root/train and root/val
-        tf = data.imagefolder_eval_transform(augment_kwargs["size"], mean, std)
-        out = []
-        for split in ("train", "val"):
-            folder = data.datasets.ImageFolder(os.path.join(data_dir, split), tf)
-            keep = train_size if split == "train" else test_size
-            if keep:
-                folder = torch.utils.data.Subset(folder, range(keep))
-            loader = torch.utils.data.DataLoader(folder, batch_size=256, num_workers=workers)
-            out += loader_features(encoder, loader, device=device)
-        return (*out, len(folder.dataset.classes if keep else folder.classes))
-    labelled = "stl10" if dataset == "stl10_unlabeled" else dataset
-    train_x, train_y, classes = data.load_dataset(labelled, data_dir=data_dir, train=True,
-                                                  seed=seed)
-    test_x, test_y, _ = data.load_dataset(labelled, data_dir=data_dir, train=False, seed=seed)
-    if train_size and labelled == dataset:
-        train_x, train_y = train_x[:train_size], train_y[:train_size]
-    if test_size:
-        test_x, test_y = test_x[:test_size], test_y[:test_size]
-    return (extract_features(encoder, train_x, mean=mean, std=std, device=device), train_y,
-            extract_features(encoder, test_x, mean=mean, std=std, device=device), test_y,
-            classes)
-
-
-def evaluate_run(model, run, *, data_dir, probe_epochs=200, seed=0, device="cpu", workers=8):
-    """evaluate() for a model trained by train.py with arguments `run` (a dict)."""
-    aug = data.augment_kwargs(run["dataset"], run.get("image_size", 0))
-    *feats, classes = split_features(model.encoder, run["dataset"], data_dir=data_dir,
-                                     train_size=run["train_size"],
-                                     test_size=run.get("test_size", 0), augment_kwargs=aug,
-                                     seed=run["data_seed"], device=device, workers=workers)
-    pairs, pair_labels = table1_images(run["dataset"], data_dir=data_dir, size=aug["size"],
-                                       train_size=run["train_size"], seed=run["data_seed"])
-    return evaluate(model, *feats, pairs, num_classes=classes, augment_kwargs=aug,
-                    probe_epochs=probe_epochs, seed=seed, device=device, pair_labels=pair_labels)
-
-
-def evaluate(model, train_f, train_labels, test_f, test_labels, pair_images, *, num_classes,
-             augment_kwargs, probe_epochs=200, seed=0, device="cpu", pair_labels=None):
-    """Everything the paper measures on a pre-trained model: linear-probe (the paper's SGD
-    protocol, and fitted to convergence by L-BFGS) and kNN top-1 (%) of the encoder features
-    (computed by split_features), and the Table 1 similarity statistics of the
-    projector outputs on two augmentations of pair_images (5,000 training images in the paper),
-    with pair_labels also split into same-class and different-class negatives."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    return {
-        "linear_acc": linear_probe(train_f, train_labels, test_f, test_labels,
-                                   num_classes=num_classes, epochs=probe_epochs, seed=seed),
-        "linear_lbfgs_acc": linear_probe_lbfgs(train_f, train_labels, test_f, test_labels,
-                                               num_classes=num_classes),
-        "knn_acc": knn_accuracy(train_f, train_labels, test_f, test_labels,
-                                num_classes=num_classes),
-        "table1_stats": table1_stats(model, pair_images, augment_kwargs=augment_kwargs,
-                                     generator=gen, device=device, labels=pair_labels),
-    }
 
 
 def model_of(ckpt, *, random_init=False):
@@ -430,147 +345,62 @@ def model_of(ckpt, *, random_init=False):
     return model
 
 
-# ---- Figures of a run: the Table 1 similarity histograms and the per-epoch curves ----------------
-
-def monitor_curve(records):
-    """[(epoch, kNN top-1 %)] of the per-epoch accuracy monitor in metrics.jsonl's records, for
-    the epochs where it ran (none with --monitor-size 0)."""
-    return [(r["epoch"], r["monitor"]["knn_acc"]) for r in records
-            if isinstance(r.get("monitor"), dict) and "knn_acc" in r["monitor"]]
-
-
-def metric_curves(records):
-    """The series that curves.png draws, from the records of metrics.jsonl (one an epoch):
-    per-epoch means over the steps' batches (batch_*), exact statistics of the tracked training
-    images (tracked_*), the kNN accuracy monitor where it ran (monitor_epoch, monitor_knn), and
-    the theory's values at the run's n and m."""
-    knn = monitor_curve(records)
-    curves = {"epoch": [r["epoch"] for r in records],
-              "monitor_epoch": [epoch for epoch, _ in knn], "monitor_knn": [acc for _, acc in knn],
-              "theory": records[-1]["theory"]}  # neg_optimum, within_batch_neg, var_low, var_high
-    for part, keys in (("batch", ("loss", "vrns", "pos_mean", "neg_mean", "neg_var")),
-                       ("tracked", ("pos_mean", "neg_mean", "neg_var"))):
-        curves.update({f"{part}_{key}": [r[part][key] for r in records] for key in keys})
-    return curves
+def cpu_name():  # results name the CPU they ran on
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":")[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
 
 
-def run_figure_data(path, *, data_dir=None, bins=100, seed=None, device="cpu"):
-    """What the figures show of one run: its label, the Table 1 statistics and histograms of its
-    trained model (the augmentations drawn from `seed`, default the run's, as evaluate() draws
-    them in train.py's final evaluation) and its curves."""
-    ckpt = read_checkpoint(path)
-    run = ckpt["args"]
-    seed = run["seed"] if seed is None else seed
-    metrics = os.path.join(run_dir_of(path), "metrics.jsonl")
-    records = []
-    if os.path.isfile(metrics):
-        with open(metrics) as f:
-            records = [json.loads(line) for line in f]
-    if not records or any(key not in records[-1] for key in ("batch", "tracked", "theory")):
-        raise ValueError(f"{metrics}: no epoch record of this train.py (the curves need one)")
-    aug = data.augment_kwargs(run["dataset"], run.get("image_size", 0))
-    images = table1_images(run["dataset"], data_dir=data_dir or run["data_dir"], size=aug["size"],
-                           train_size=run["train_size"], seed=run["data_seed"])[0]
-    u, v = table1_embeddings(model_of(ckpt).to(device), images, augment_kwargs=aug, device=device,
-                             generator=torch.Generator(device=device).manual_seed(seed))
-    pos, neg = similarity_histograms(u, v, bins=bins)
-    label = (f"{os.path.basename(os.path.abspath(run_dir_of(path)))}: {run['loss']}, "
-             f"m = {run['batch_size']}, lam = {run['vrns_weight']:g}")
-    return {"label": label, "pos_counts": pos.tolist(), "neg_counts": neg.tolist(),
-            "stats": {key: s.item() if torch.is_tensor(s) else s
-                      for key, s in similarity_stats(u, v).items()},
-            "curves": metric_curves(records)}
+def code_version():
+    """The git commit of the code that ran, +dirty when tracked files differ, or 'unknown'."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit, dirty = (subprocess.run(["git", "-C", here, *cmd], capture_output=True, text=True,
+                                        timeout=10).stdout.strip()
+                         for cmd in (["rev-parse", "HEAD"], ["status", "--porcelain", "-uno"]))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + "+dirty" * bool(dirty) if commit else "unknown"
 
-
-def write_figures(runs, plot_dir):
-    """similarities.png and curves.png of the figure data of one or more runs, drawn by
-    figures.py (imported here only, and with it matplotlib) into plot_dir; returns their paths."""
-    import figures
-
-    os.makedirs(plot_dir, exist_ok=True)
-    paths = []
-    for name, draw in (("similarities.png", figures.similarities), ("curves.png", figures.curves)):
-        paths.append(os.path.join(plot_dir, name))
-        draw(runs).savefig(paths[-1], dpi=120)
-    return paths
-
-
-# ---- Command line --------------------------------------------------------------------------------
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py (linear probe, "
-                                "kNN, Table 1 similarity statistics), or plot its figures.")
-    p.add_argument("--ckpt", action="append", required=True,
-                   help="run directory of train.py or its ckpt.pt; with --plot, repeat it to "
-                   "overlay runs (e.g. lam = 0 and lam > 0)")
-    p.add_argument("--random-init", action="store_true", help="same architecture, untrained "
-                   "weights: the baseline that shows what pre-training bought")
-    p.add_argument("--probe-epochs", type=int, default=200, help="linear-probe epochs on frozen "
-                   "features (the paper: 200; features are precomputed, so each is cheap)")
-    p.add_argument("--plot", action="store_true", help="instead of evaluating, draw the figures: "
-                   "histograms of the Table 1 similarities (recomputed on up to 5,000 training "
-                   "images) and the curves of metrics.jsonl; no linear probe")
-    p.add_argument("--plot-dir", default=None, help="where --plot writes (default: "
-                   "FIRST_RUN/figures)")
-    p.add_argument("--bins", type=int, default=100, help="histogram bins over [-1, 1]")
-    p.add_argument("--data-dir", default=None, help="override the run's --data-dir")
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint of train.py and an untrained "
+                                "model of its architecture: linear probes, kNN and the Table 1 "
+                                "statistics, into RUN/eval.json.", usage="python eval.py --ckpt "
+                                "RUN [--flag VALUE ...] (--help lists the flags)")
+    p.add_argument("--ckpt", required=True, help="a run directory of train.py, or its ckpt.pt")
+    p.add_argument("--probe-epochs", type=int, default=200, help="epochs of the SGD linear "
+                   "probe (the paper: 200; on precomputed features each is cheap)")
+    p.add_argument("--data-dir", default=None, help="where the data is (default: the run's)")
     p.add_argument("--device", default="auto", help="auto = cuda, then mps, then cpu")
-    p.add_argument("--seed", type=int, default=None, help="seed of the probe and of the Table 1 "
-                   "augmentations (default: the run's --seed, as train.py's final evaluation)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the probe and the Table 1 "
+                   "augmentations (default: the run's, as train.py's own evaluation)")
     args = p.parse_args(argv)
-    if args.probe_epochs < 1 or args.bins < 1:
-        fail(f"--probe-epochs and --bins must be >= 1, got {args.probe_epochs}, {args.bins}")
-    if len(args.ckpt) > 1 and not args.plot:
-        fail("several --ckpt only with --plot; evaluate one run at a time")
-    if args.plot and args.random_init:
-        fail("--plot draws trained runs; leave out --random-init")
+    if args.probe_epochs < 1:
+        p.error(f"--probe-epochs must be >= 1, got {args.probe_epochs}")
+    path = os.path.join(args.ckpt, "ckpt.pt") if os.path.isdir(args.ckpt) else args.ckpt
+    try:
+        ckpt = torch.load(path, map_location="cpu")
+        run = ckpt["args"]
+    except Exception as e:  # missing, truncated, not a torch file, not train.py's
+        p.error(f"--ckpt {args.ckpt}: cannot read a train.py checkpoint from {path} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})")
     try:
         device = models.pick_device(args.device)
-    except ValueError as err:
-        fail(f"--device {args.device}: {err}")
-    if args.plot:
-        runs = []
-        for path in args.ckpt:
-            try:
-                runs.append(run_figure_data(path, data_dir=args.data_dir, bins=args.bins,
-                                            seed=args.seed, device=device))
-            except ValueError as e:  # the checkpoint or metrics.jsonl
-                fail(f"--ckpt {e}")
-            except FileNotFoundError as e:  # the dataset
-                fail(f"--ckpt {path}: {e}")
-        for run in runs:
-            print(f"{run['label']}: {json.dumps(run['stats'])}")
-        paths = write_figures(runs, args.plot_dir or os.path.join(run_dir_of(args.ckpt[0]),
-                                                                  "figures"))
-        print(f"written: {', '.join(paths)}")
-        return
-    try:
-        ckpt = read_checkpoint(args.ckpt[0])
-    except ValueError as err:
-        fail(f"--ckpt {err}")
-    run = ckpt["args"]
-    data_dir = args.data_dir or run["data_dir"]
-    start = time.time()
-    try:
-        result = evaluate_run(model_of(ckpt, random_init=args.random_init).to(device), run,
-                              data_dir=data_dir, probe_epochs=args.probe_epochs,
-                              seed=run["seed"] if args.seed is None else args.seed, device=device)
+        splits = load_splits(run, data_dir=args.data_dir or run["data_dir"])
     except (FileNotFoundError, ValueError) as e:
-        fail(f"{run['dataset']} in {data_dir}: {e}")
-    import train  # here, not at the top: train.py imports this module
-    result.update(ckpt=args.ckpt[0], random_init=args.random_init,
-                  eval_wall_s=round(time.time() - start), commit=train.code_version())
-    out = os.path.join(run_dir_of(args.ckpt[0]),
-                       "eval_random_init.json" if args.random_init else "eval.json")
-    with open(out, "w") as f:
+        p.error(str(e))
+    start, model = time.time(), model_of(ckpt)
+    model = model.to(device, memory_format=models.memory_format(model, device))
+    result = evaluate_run(model, splits, run, probe_epochs=args.probe_epochs, seed=args.seed,
+                          device=device, workers=run["workers"])
+    result.update(ckpt=args.ckpt, eval_wall_s=round(time.time() - start))
+    with open(os.path.join(os.path.dirname(path), "eval.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
-    print(f"written to {out}")
-
-
-def fail(message):
-    print(f"eval.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    theory.print_rows(result["theory_rows"])
+    print(json.dumps({k: v for k, v in result.items() if k.endswith("acc")}), "-> eval.json")
 
 
 if __name__ == "__main__":

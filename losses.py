@@ -5,19 +5,17 @@ Every function takes the two views' embeddings of one batch and returns a scalar
     u, v : (m, d)   row i of u and row i of v are a positive pair (two augmentations of image i)
 
 Shape legend: m = pairs in the batch, d = embedding dimension, n = training-set size.
-Similarities are cosine similarities: every function L2-normalises u and v first, so a loss does
-not change when a row is rescaled. Each loss is normalised exactly as the paper (1/m,
-1/(m(m-1)), ...), so values compare with its formulas. Two kinds of functions live here:
+Every function L2-normalises u and v first (cosine similarities) and normalises the loss exactly
+as the paper (1/m, 1/(m(m-1)), ...). Two kinds of functions live here:
   * the *families* of Def. 3.1 and Def. 3.2, written literally with user-supplied phi and psi,
     for reading the paper side by side and for checking the named losses;
   * the *named* losses (InfoNCE/CLIP, SimCLR, DCL, DHEL, SigLIP, Spectral CL) and the paper's
     auxiliary loss (Def. 5.7), written with log-sum-exp / cross-entropy so that they stay finite
     in float32 at temperature 0.01 (the literal exp(x / tau) overflows there: exp(2 / 0.01)).
 
-Each function stands alone: pasted into a file that imports only math, numbers, torch and
-torch.nn.functional as F, it runs. It never moves tensors between devices or talks to
-torch.distributed (under data parallelism train.py gathers u and v first), and its one
-`if ...: raise` rejects what would otherwise fail silently (mismatched shapes, m < 2, tau <= 0).
+Each function pastes alone into a file that imports only math, numbers, torch and F; it never
+talks to torch.distributed (train.py gathers u and v first), and its one `if ...: raise` rejects
+what would otherwise fail silently (mismatched shapes, m < 2, tau <= 0).
 
 Try it (CPU, instant):
     python -c "import torch, losses; print(losses.simclr_loss(*torch.randn(2, 8, 16), 0.5))"

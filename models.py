@@ -14,8 +14,6 @@ layer1..layer4, so torchvision and solo-learn state dicts load) and its init. Tw
 
 Shapes: B images, C = 3 channels, S image side, D_h encoder feature dim (8 * width * expansion:
 512 for resnet18/34 and 2048 for resnet50 at width 64), d embedding dim (projector output, 128).
-`pick_device` reads the `--device` flag of train.py and eval.py; `memory_format` picks the
-layout to train in.
 
 Try it (CPU, a second):
     python -c "import models, torch; h, z = models.ContrastiveModel(width=16)(torch.randn(4, 3, \
@@ -51,12 +49,9 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, arch='resnet18', *, width=64, stem='cifar'):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f'unknown arch {arch!r}; choose from {ARCHS}')
-        if stem not in STEMS:
-            raise ValueError(f'unknown stem {stem!r}; choose from {STEMS}')
-        if not (isinstance(width, int) and width >= 1):
-            raise ValueError(f'width must be an int >= 1, got {width!r}')
+        if arch not in ARCHS or stem not in STEMS or not (isinstance(width, int) and width >= 1):
+            raise ValueError(f'need an arch of {ARCHS}, a stem of {STEMS} and an int width >= 1; '
+                             f'got {arch!r}, {stem!r}, {width!r}')
         block, depths = _LAYOUT[arch]
         w, e = width, block.expansion
         if stem == 'imagenet':
@@ -116,6 +111,8 @@ class ContrastiveModel(nn.Module):
         return h, self.projector(h)  # (B, D_h), (B, d)
 
 
+# ---- Plumbing (skip on a first reading): the layout to train in, the --device flag -----------
+
 def memory_format(model, device):
     """The layout to train model in on device: channels_last (NHWC), the layout of cuDNN's
     and oneDNN's fast convolutions (1.3x the img/s of NCHW for the default CPU model), except
@@ -128,18 +125,17 @@ def memory_format(model, device):
 
 
 def pick_device(name):
-    """'auto' -> cuda, then mps, then cpu; otherwise the named device, which must exist.
-    Raises ValueError with the fix in one line, for the script to print against its flag."""
+    """--device: 'auto' -> cuda, then mps, then cpu; else the named device, which must exist
+    (ValueError with the fix, for the script to print against its flag)."""
     if name == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda')
-        return torch.device('mps' if torch.backends.mps.is_available() else 'cpu')
+        return torch.device('cuda' if torch.cuda.is_available() else
+                            'mps' if torch.backends.mps.is_available() else 'cpu')
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError('not a device; use auto, cpu, cuda, cuda:N or mps') from None
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError('no CUDA GPU is visible; use --device cpu (or auto)')
-    if device.type == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError('MPS is not available; use --device cpu (or auto)')
+        raise ValueError(f'--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps') \
+            from None
+    if not {'cuda': torch.cuda.is_available, 'mps': torch.backends.mps.is_available}.get(
+            device.type, lambda: True)():
+        raise ValueError(f'--device {name}: not available here; use --device cpu (or auto)')
     return device

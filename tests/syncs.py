@@ -24,7 +24,8 @@ fake_device picks the device:
   a machine without a GPU; a branch on `device.type == 'cuda'` then takes its non-CUDA side.
   PyTorch builds `torch.tensor(data, device='meta')` without a copy, so while fn runs,
   torch.tensor, torch.as_tensor and Tensor.new_tensor are wrapped to count a host->device copy
-  whenever they build a tensor off the CPU from Python or NumPy data.
+  whenever they build a tensor off the CPU from Python or NumPy data, and torch.autocast, which
+  knows no 'meta' device, takes the CPU's for it.
 
 Every tensor in args / kwargs (top level, or in a list, tuple or dict) becomes a tensor on that
 device with the same shape, dtype and requires_grad; every nn.Module becomes a copy with its
@@ -208,6 +209,10 @@ def count_syncs(fn, *args, fake_device='cuda', **kwargs):
                                 (torch.Tensor, 'new_tensor')):
                 wrapped = _counting_constructor(getattr(owner, name), counter.counts)
                 stack.enter_context(mock.patch.object(owner, name, wrapped))
+            autocast = torch.autocast  # no autocast for 'meta': run the CPU's (a no-op off it)
+            stack.enter_context(mock.patch.object(torch, 'autocast', lambda device_type, *a, **k:
+                                                  autocast('cpu' if device_type == 'meta'
+                                                           else device_type, *a, **k)))
         stack.enter_context(counter)
         fn(*args, **kwargs)
     return counter.counts

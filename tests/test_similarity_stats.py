@@ -1,11 +1,10 @@
-"""theory.similarity_stats (exact, O(N d^2)) and eval.similarity_histograms (chunked) against the
-brute-force N x N computation; both paste alone."""
+"""theory.similarity_stats (exact, O(N d^2)) against the brute-force N x N computation; it pastes
+alone."""
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import paste_alone
 
-from eval import similarity_histograms
 from theory import similarity_stats
 
 
@@ -71,28 +70,3 @@ def test_rejects_bad_shapes():
     with pytest.raises(ValueError, match="N >= 2"):
         similarity_stats(torch.randn(1, 3), torch.randn(1, 3))
 
-
-def brute_force_histograms(u, v, bins):
-    u, v = F.normalize(u, dim=1), F.normalize(v, dim=1)
-    S = (u @ v.T).clamp(-1, 1)  # (N, N) at once
-    off = ~torch.eye(len(u), dtype=torch.bool)
-    return torch.histc(S.diagonal(), bins, -1, 1).long(), torch.histc(S[off], bins, -1, 1).long()
-
-
-@pytest.mark.parametrize("max_chunk", [37 * 37, 1, 37 * 3, 37 * 5 + 2])  # 1 row at a time, ...
-def test_histograms_in_chunks_equal_the_whole_matrix(max_chunk):
-    g = torch.Generator().manual_seed(0)
-    u = torch.randn(37, 5, generator=g, dtype=torch.float64)
-    v = u + torch.randn(37, 5, generator=g, dtype=torch.float64)
-    pos, neg = similarity_histograms(u, v, bins=20, max_chunk=max_chunk)
-    want_pos, want_neg = brute_force_histograms(u, v, 20)
-    assert torch.equal(pos, want_pos) and torch.equal(neg, want_neg)
-    assert pos.sum() == 37 and neg.sum() == 37 * 36
-    assert torch.equal(neg, paste_alone(similarity_histograms)(u, v, bins=20,
-                                                               max_chunk=max_chunk)[1])
-
-
-def test_histograms_keep_similarities_of_exactly_one():
-    u = torch.ones(4, 7)  # every similarity is 1, which float32 rounds to 1 + 1.2e-7 or more
-    pos, neg = similarity_histograms(u, u, bins=10)
-    assert pos[-1] == 4 and neg[-1] == 12 and pos.sum() == 4 and neg.sum() == 12

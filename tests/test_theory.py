@@ -1,12 +1,11 @@
-"""theory.py: every formula against hand-computed values or slow loops and pasted alone, the
-optimiser's contract, `python theory.py --run` in a subprocess, and the lab, the one home of the
-theorems checked on optimised embeddings (every row must pass)."""
+"""theory.py: every formula against hand-computed values or slow loops and pasted alone, Fig. 2's
+configurations, the optimiser's contract, and `python theory.py N M` and `--run` in a subprocess.
+The theorems checked on optimised embeddings are experiments/lab.py's, tested there."""
 import json
 import math
 import os
 import subprocess
 import sys
-from collections import Counter
 from functools import partial
 from statistics import fmean, pvariance
 
@@ -196,7 +195,7 @@ def test_compare_with_theory_rows():
 def test_compare_with_theory_flags_an_impossible_positive_mean():
     stats = {"pos_mean": 0.9, "neg_mean": -0.5, "neg_var": 0.1, "count": 100}  # bound 0.51
     assert "VIOLATED" in theory.compare_with_theory(stats, n=1000, m=10)[1]["note"]
-    with pytest.raises(ValueError, match="neg_var"):
+    with pytest.raises(KeyError, match="neg_var"):
         theory.compare_with_theory({"pos_mean": 0.9, "neg_mean": -0.5, "count": 100}, n=1000,
                                    m=10)
 
@@ -215,46 +214,69 @@ def test_compare_with_theory_bounds_the_sample_with_its_own_count():
     assert all(type(row["measured"]) in (float, type(None)) for row in rows)
 
 
-def test_format_table_aligns_columns():
-    rows = [{"quantity": "a", "predicted": (0.25, 1.5), "measured": None},
-            {"quantity": "longer name", "predicted": -1e-9, "measured": 0.5, "note": "x"}]
-    lines = theory.format_table(rows).splitlines()
-    assert lines[0].split() == ["quantity", "predicted", "measured", "note"]
-    assert lines[2].startswith("a" + " " * 12 + "[0.250000, 1.500000]")
-    assert "-1.00e-09" in lines[3] and lines[3].endswith("0.500000  x")
-    assert lines[2].index("-") == lines[3].index("0.5")  # None shows as '-', column aligned
-
-
 def run_cli(*args):
     return subprocess.run([sys.executable, "theory.py", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
+
+
+def test_cli_prints_the_predictions_at_n_and_m():
+    result = run_cli("50000", "128")
+    assert result.returncode == 0, result.stderr
+    low, high = theory.minibatch_variance_bounds(50000, 128)
+    for text in [f"{-1 / 49999:.6g}", f"{-1 / 127:.6g}", f"[{low:.6g}, {high:.6g}]"]:
+        assert text in result.stdout
+    assert run_cli("4", "8").returncode == 2 and run_cli().returncode == 2  # m > n; no n, m
 
 
 def test_cli_run_on_a_missing_dir_exits_2_with_one_line(tmp_path):
     result = run_cli("--run", str(tmp_path / "nowhere"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "nowhere" in result.stderr
 
 
 def test_cli_run_on_an_incomplete_summary_names_the_key(tmp_path, capsys):
     (tmp_path / "summary.json").write_text(json.dumps({"n_train": 100}))
     assert theory.main(["--run", str(tmp_path)]) == 2
-    assert "'args'" in capsys.readouterr().err
+    assert "'table1_stats'" in capsys.readouterr().err
 
 
-def test_cli_run_prints_the_table(tmp_path):
+def test_cli_run_prints_the_rows(tmp_path):
     g = torch.Generator().manual_seed(0)
     u, v = F.normalize(torch.randn(2, 20, 8, generator=g, dtype=torch.float64), dim=2)
     summary = {"args": {"batch_size": 16}, "n_train": 256, "table1_stats": slow_stats(u, v)}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     result = run_cli("--run", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    for text in ["E[s_neg]", "E[s_pos]", "Var[s_neg]", f"{-1 / 255:.6f}", "holds"]:
-        assert text in result.stdout
+    rows = theory.compare_with_theory(summary["table1_stats"], 256, 16)
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        assert line.startswith(row["quantity"] + " ") and line.endswith(row["note"])
+    low, high = rows[2]["predicted"]
+    assert f"predicted {-1 / 255:.4g} " in lines[0] and f"{low:.4g}, {high:.4g}" in lines[2]
+    assert f"measured {rows[0]['measured']:.4g} " in lines[0] and "measured - " in lines[3]
+
+
+def test_figure2_configurations_are_the_papers():
+    """The three configurations are Fig. 2's, up to a rotation (so compared by their Gram
+    matrices): both batches on one antipodal pair, the two batches on orthogonal lines, and a
+    tetrahedron; E[s_neg] = -1/3 in all three, Var[s_neg] = 8/9, 2/9, 0."""
+    e1, e2 = torch.eye(3, dtype=torch.float64)[:2, None]  # (1, 3) each
+    paper = [torch.cat([e1, -e1, e1, -e1]), torch.cat([e1, -e1, e2, -e2]),
+             torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]],
+                          dtype=torch.float64) / 3 ** 0.5]
+    configs = theory.figure2_configurations()
+    assert [c["m"] for c in configs] == [2, 2, 4]
+    for config, u, var in zip(configs, paper, (8 / 9, 2 / 9, 0.0)):
+        assert config["u"].shape == (4, 3)
+        assert torch.allclose(config["u"] @ config["u"].T, u @ u.T, atol=1e-12)
+        assert config["neg_mean"] == pytest.approx(-1 / 3, abs=1e-12)
+        assert config["neg_var"] == pytest.approx(var, abs=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
-# Copyable formulas, and the lab as a whole
+# Copyable formulas
 # --------------------------------------------------------------------------------------------
 
 FORMULAS = {  # name -> calls that exercise every branch; each returns a number or a tensor
@@ -284,17 +306,3 @@ def test_formula_pastes_and_runs_alone(name):
         with pytest.raises(ValueError):
             pasted(*[1] * len(FORMULAS[name][0]))
 
-
-def test_lab_every_row_passes():
-    """`python theory.py`: every predicted-vs-measured row of the lab passes (seed 0), and none
-    goes missing. The lab alone checks Thm 5.1 for every loss, Ex. 5.4's flip and its cure by
-    within-view negatives, Thm 5.3, the identity behind Thm 5.2 (exact to 1e-12, so 1/n for
-    1/(n-1) fails), Thm 5.5 on optimised and built batch simplices, Fig. 2's E and Var, Thm 5.6's
-    closed form against autograd and its growth as m shrinks, and Def. 5.7 (vrns_sweep)."""
-    rows = theory.run_lab(seed=0)
-    assert Counter(r["claim"] for r in rows) == {
-        "Thm 5.1": 6, "not 5.1": 3, "Ex. 5.4": 3, "Thm 5.3": 1, "Thm 5.2": 4, "Thm 5.5": 15,
-        "Fig. 2": 3, "Thm 5.6": 4, "Def. 5.7": 10}
-    failed = [f"{r['claim']} {r['quantity']}: {r['measured']}" for r in rows
-              if r["result"] != "PASS"]
-    assert not failed, failed

@@ -1,32 +1,16 @@
-"""Sweeps of train.py over loss, batch size, temperature, lam and seed; their table with gains
-paired by seed and 95 % confidence intervals, and figures (the paper's Table 1 and Fig. 4).
+"""Sweeps of train.py over loss, batch size, temperature, lam and seed, and their report: tables
+with gains paired by seed and 95 % confidence intervals, figures (the paper's Table 1, Fig. 4).
 
-    python sweep.py run --out results/batch-size --batch-sizes 16 64 256 --lams 0 3 \\
-        --seeds 0 1 2 3 -- --epochs 30 --temperature 0.2       # 24 runs, one per core at once
-    python sweep.py report results/batch-size --contrast 16 256  # table, gain(16) - gain(256)
-    python sweep.py run --out runs/tau --batch-sizes 32 --temperatures 0.1 0.2 0.5 --lams 0 3 \\
-        -- --epochs 10                                           # + a figure of gain against tau
-    python sweep.py report runs/tau --markdown runs/tau/report.md --plot-dir figures
+    python -m experiments.sweep run --out runs/bs --batch-sizes 16 64 256 --lams 0 3 \\
+        --seeds 0 1 2 3 -- --epochs 30 --temperature 0.2   # 24 runs, one per core at once
+    python -m experiments.sweep report runs/bs --contrast 16 256 --plot-dir runs/bs
 
-`run` starts one train.py per (loss, m, tau, lam, seed), one CPU thread each, --parallel at a
-time, into OUT/<loss>-m<m>[-t<tau>]-lam<lam>-s<seed>/, with the flags after `--`. A directory
-whose args.json has every result-changing flag of this command (train.py's defaults included)
-is skipped when finished and resumed when interrupted, so the same command continues after
-Ctrl-C; one with other flags is refused, untouched (exit status 1). In results/<sweep>/ git
-keeps args.json, metrics.jsonl and summary.json, not checkpoints and logs.
+`run` skips a finished run directory, resumes an interrupted one from its ckpt.pt (the same
+command continues after Ctrl-C) and refuses, untouched, one with other result-changing flags.
+`report` groups runs by every such flag but seed and lam, and prints per (group, lam) mean ± std
+over seeds and, for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals.
 
-`report` reads FOLDER/*/summary.json and FOLDER/*/*/summary.json of one or more folders, groups
-runs by every result-changing flag but seed and lam (so a pilot at 60 and at 120 epochs, given
-as two folders, makes the two rows of a convergence check), and prints per (group, lam) mean ±
-std over seeds and, for lam > 0, the gains over lam = 0 paired by seed with 95 % t intervals.
-`--contrast M1 M2`: gain(M1) - gain(M2) paired by seed; the paper finds the gain of L_VRNS
-larger at small m. `--batch-sizes M ...` keeps only the runs at those m. `--plot-dir DIR`
-also draws figures into DIR: when m varies, Var[s_neg] and linear accuracy against m; when tau
-varies, the gains and the relative drop of Var[s_neg] against tau. Without it nothing is
-written beside the runs.
-
-Shape legend: m = pairs per batch, n = training-set size, tau = temperature, lam = weight of
-L_VRNS (Def. 5.7).
+Shape legend: m pairs per batch, n training-set size, tau temperature, lam the weight of L_VRNS.
 """
 import argparse
 import glob
@@ -38,16 +22,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import eval as evaluation
 import train
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-# flags that leave the numbers of a run unchanged; --probe-epochs may differ on resume, but it
-# changes the linear-probe accuracy, so it counts here
-NOT_RESULTS = (train.RESUME_FREE - {"probe_epochs"}) | {"download"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py
+# train.py's flags that leave the numbers of a run unchanged
+NOT_RESULTS = train.RUNTIME | {"out_dir", "download"}
 SWEPT = {"loss": "--losses", "batch_size": "--batch-sizes", "temperature": "--temperatures",
          "vrns_weight": "--lams", "seed": "--seeds"}
-STATS = ("linear", "knn", "pos_mean", "neg_mean", "neg_var", "wall")
+# what a report averages over seeds; diff_var and plateau are absent from some runs
+STATS = ("linear", "knn", "pos_mean", "neg_mean", "neg_var", "diff_var", "plateau", "wall")
 
 
 # ---- statistics: pure, each pastes alone ----------------------------------------------------
@@ -82,34 +65,57 @@ def t_interval(values):
     return mean, t * sd / math.sqrt(n)
 
 
-# ---- run ------------------------------------------------------------------------------------
+# ---- report --plot-dir: a swept flag on the x axis -----------------------------------------------
+
+def sweep_figures(rows, probe):
+    """{file name: Figure} of summarize's rows: where m varies, Var[s_neg] and linear accuracy
+    against m; where tau varies, the gains and the drop of Var[s_neg] from lam = 0 against tau.
+    A line per (loss, lam, other flags), bars: 95 % t intervals (none of one seed); `probe`
+    names the linear probe on the axes."""
+    from matplotlib.figure import Figure  # here: only a report with --plot-dir needs matplotlib
+    figures = [  # (x, file, x label, (quantity, y label) of each panel)
+        ("batch_size", "sweep_batch_size.png", "batch size m",
+         [("neg_var", "Var[s_neg] (Table 1 protocol)"),
+          ("linear", f"linear probe top-1 (%), {probe}")]),
+        ("temperature", "sweep_gain_vs_tau.png", "temperature τ",
+         [("gain_linear", f"linear gain over λ = 0 (points), {probe}"),
+          ("gain_knn", "kNN gain over λ = 0 (points)"),
+          ("var_drop", "Var[s_neg] drop from λ = 0 (%)")])]
+    drawn = {}
+    for x, name, xlabel, panels in figures:
+        ticks = sorted({r["flags"][x] for r in rows})  # the swept values
+        if len(ticks) < 2:
+            continue
+        others = [k for k in varying(rows, but=("loss",)) if k != x]
+        lines = {}  # label -> its rows, in order of x (lam = 0 has no gains: no row)
+        for r in sorted((r for r in rows if r.get(panels[0][0])), key=lambda r: r["flags"][x]):
+            label = ", ".join(filter(None, [r["flags"]["loss"], f"λ = {r['lam']:g}",
+                                            named(r["flags"], others)]))
+            lines.setdefault(label, []).append(r)
+        fig = Figure(figsize=(5 * len(panels), 3.8), layout="constrained")
+        for ax, (key, ylabel) in zip(fig.subplots(1, len(panels)), panels):
+            for label, line in sorted(lines.items()):
+                mean, half = zip(*(t_interval(r[key]) for r in line))
+                ax.errorbar([r["flags"][x] for r in line], mean, yerr=half, marker="o",
+                            capsize=3, label=label)  # half-width nan (one seed): no bar
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])  # not powers of 2
+            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.grid(alpha=0.3)
+        fig.axes[0].legend(fontsize=7)
+        drawn[name] = fig
+    return drawn
+
+
+# ---- Plumbing (skip on a first reading): run, and report ----------------------------------
 
 def run_name(loss, m, tau, lam, seed):
     """Every swept value is in the name; tau only when the sweep sets it."""
     return f"{loss}-m{m}" + (f"-t{tau:g}" if tau is not None else "") + f"-lam{lam:g}-s{seed}"
 
 
-def given_flags(argv):
-    """The train.py flags that argv names, typed by train.py's parser: {"epochs": 10, ...}."""
-    parser, unset = train.get_parser(), object()
-    blank = argparse.Namespace(**{k: unset for k in vars(parser.parse_args([]))})
-    return {k: v for k, v in vars(parser.parse_args(argv, namespace=blank)).items()
-            if v is not unset}
-
-
-def differing_flags(flags, saved):
-    """Result-changing train.py flags whose value in the argv `flags` (defaults included)
-    differs from a run's args.json `saved`; a flag older runs lack must be at its default."""
-    parser = train.get_parser()
-    wanted = vars(parser.parse_args(flags))
-    return [f"--{k.replace('_', '-')} {wanted[k]} (the run: {saved.get(k, 'absent')})"
-            for k in sorted(wanted) if k not in NOT_RESULTS
-            and saved.get(k, parser.get_default(k)) != wanted[k]]
-
-
 def launch(out, job, extra):
-    """One train.py run in a subprocess -> (name, status, seconds). A run directory with the
-    same flags is skipped when finished and resumed when interrupted; other flags: refused."""
+    """One train.py run in a subprocess -> (name, status, seconds): skipped, resumed or refused."""
     loss, m, tau, lam, seed = job
     name = run_name(*job)
     run_dir = os.path.join(out, name)
@@ -121,14 +127,19 @@ def launch(out, job, extra):
         if not os.path.isfile(os.path.join(run_dir, "args.json")):
             return name, f"refused: {run_dir} holds files but no args.json; pick another --out", 0
         with open(os.path.join(run_dir, "args.json")) as f:
-            differ = differing_flags(flags, json.load(f))
+            saved = json.load(f)
+        parser = train.get_parser()
+        wanted = vars(parser.parse_args(flags))  # a flag older runs lack must be at its default
+        differ = [f"--{k.replace('_', '-')} {wanted[k]} (the run: {saved.get(k, 'absent')})"
+                  for k in sorted(wanted) if k not in NOT_RESULTS
+                  and saved.get(k, parser.get_default(k)) != wanted[k]]
         if differ:
             return name, (f"refused: {run_dir} holds a run with other flags: {'; '.join(differ)}"
                           ". Pick another --out (nothing was overwritten)"), 0
         if os.path.exists(os.path.join(run_dir, "summary.json")):
             return name, "done before", 0
-        has_ckpt = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
-        cmd = ["--resume", run_dir] if has_ckpt else [*cmd, "--overwrite"]  # same flags
+        if os.path.exists(os.path.join(run_dir, "ckpt.pt")):  # else train.py starts it again
+            cmd = ["--resume", run_dir]  # from its last epoch boundary, with its own flags
     start = time.time()
     with open(os.path.join(out, name + ".log"), "a") as log:
         status = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *cmd],
@@ -136,65 +147,50 @@ def launch(out, job, extra):
     return name, "ok" if status == 0 else f"exit {status}", time.time() - start
 
 
-# ---- report ---------------------------------------------------------------------------------
-
-def knn_plateau(metrics_path):
-    """Change of the per-epoch kNN monitor (percentage points) over the last 20 % of epochs;
-    None when metrics.jsonl has no two monitor records. A large value says the run was still
-    learning; a small one does not say it converged, as a cosine schedule flattens every curve
-    at its end: only a run of twice the epochs shows that."""
-    if not os.path.isfile(metrics_path):
-        return None
-    with open(metrics_path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    knn = evaluation.monitor_curve(records)
-    before = [acc for epoch, acc in knn[:-1] if epoch <= 0.8 * knn[-1][0]]
-    return knn[-1][1] - before[-1] if before else None
+def monitor_curve(records):
+    """[(epoch, kNN top-1 %)] of metrics.jsonl's records where the accuracy monitor ran."""
+    return [(r["epoch"], r["monitor"]["knn_acc"]) for r in records if "monitor" in r]
 
 
-def evaluated(run_dir, summary, key, stats=False):
-    """summary.json's `key` (of its table1_stats if stats), or, for a run evaluated again by
-    `python eval.py --ckpt RUN` after train.py gained that number, RUN/eval.json's; or None."""
-    found = (summary["table1_stats"] if stats else summary).get(key)
-    if found is None and os.path.isfile(os.path.join(run_dir, "eval.json")):
-        with open(os.path.join(run_dir, "eval.json")) as f:
-            again = json.load(f)
-        found = (again["table1_stats"] if stats else again).get(key)
-    return found
-
-
-# the linear probe a report reads: the paper's SGD protocol, or the fit to convergence
-PROBES = {"sgd": "linear_acc", "lbfgs": "linear_lbfgs_acc"}
-
-
-def read_run(run_dir, probe="sgd"):
-    """A finished run directory -> its flags and the figures a sweep compares (linear: None when
-    the run has no accuracy of that probe)."""
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        s = json.load(f)
-    return {"dir": run_dir, "args": s["args"], "linear": evaluated(run_dir, s, PROBES[probe]),
-            "knn": s["knn_acc"],
-            **{k: s["table1_stats"][k] for k in ("pos_mean", "neg_mean", "neg_var")},
-            "diff_var": evaluated(run_dir, s, "neg_diff_var", stats=True),
-            "wall": s["total_wall_s"], "commit": s.get("commit", "not recorded"),
-            "plateau": knn_plateau(os.path.join(run_dir, "metrics.jsonl"))}
+# --probe: summary.json's key of the linear probe's accuracy, and what the report says of it
+PROBES = {"sgd": ("linear_acc", "the paper's protocol, SGD for --probe-epochs"),
+          "lbfgs": ("linear_lbfgs_acc", "fitted to convergence by L-BFGS")}
 
 
 def collect(*folders, probe="sgd"):
     """Every FOLDER/*/summary.json and FOLDER/*/*/summary.json of the folders -> {group: {lam:
-    {seed: run}}}; a group is the tuple of (flag, value) of every result-changing flag but seed
-    and lam, so runs of several folders share a row only when all those flags agree."""
+    {seed: run}}}, a group the (flag, value) of every result-changing flag but seed and lam: runs
+    of several folders share a row only when all those flags agree. A number a run predates
+    comes from RUN/eval.json (`python eval.py --ckpt RUN`), else is None. plateau: the change of
+    the kNN monitor over the last 20 % of epochs (points), None without two monitor records; a
+    large value says the run was still learning, a small one not that it converged (a cosine
+    schedule flattens every curve at its end: only a run of twice the epochs shows that)."""
     groups = {}
     paths = [path for folder in folders for pattern in ("*/summary.json", "*/*/summary.json")
              for path in glob.glob(os.path.join(folder, pattern))]
     for path in sorted(paths):
-        run = read_run(os.path.dirname(path), probe)
-        a = run["args"]
+        run_dir = os.path.dirname(path)
+        with open(path) as f:
+            s = json.load(f)
+        later = {"table1_stats": {}}
+        if os.path.isfile(os.path.join(run_dir, "eval.json")):
+            with open(os.path.join(run_dir, "eval.json")) as f:
+                later = json.load(f)
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            knn = monitor_curve([json.loads(line) for line in f if line.strip()])  # [(epoch, %)]
+        before = [acc for epoch, acc in knn[:-1] if epoch <= 0.8 * knn[-1][0]]
+        stats, probed = s["table1_stats"], PROBES[probe][0]
+        run = {"dir": run_dir, "linear": s.get(probed, later.get(probed)), "knn": s["knn_acc"],
+               "diff_var": stats.get("neg_diff_var", later["table1_stats"].get("neg_diff_var")),
+               **{k: stats[k] for k in ("pos_mean", "neg_mean", "neg_var")},
+               "wall": s["total_wall_s"], "commit": s.get("commit", "not recorded"),
+               "plateau": knn[-1][1] - before[-1] if before else None}
+        a = s["args"]
         key = tuple(sorted((k, v) for k, v in a.items()
                            if k not in NOT_RESULTS | {"seed", "vrns_weight"}))
         by_seed = groups.setdefault(key, {}).setdefault(a["vrns_weight"], {})
         if a["seed"] in by_seed:
-            print(f"warning: {run['dir']} left out: same flags as {by_seed[a['seed']]['dir']}")
+            print(f"warning: {run_dir} left out: same flags as {by_seed[a['seed']]['dir']}")
             continue
         by_seed[a["seed"]] = run
     return groups
@@ -204,17 +200,14 @@ def summarize(groups):
     """One row per (group, lam): the per-seed values, and for lam > 0 the per-seed differences
     from lam = 0 on the seeds both have (paired by seed)."""
     rows = []
-    order = sorted(groups, key=lambda g: (dict(g)["loss"], dict(g)["batch_size"],
-                                          dict(g).get("temperature") or 0,
-                                          dict(g).get("epochs") or 0, repr(g)))
+    order = sorted(groups, key=lambda g: [dict(g).get(k) or 0 for k in (
+        "loss", "batch_size", "temperature", "epochs")] + [repr(g)])  # absent: 0
     for key in order:
         base = groups[key].get(0.0, {})
         for lam, runs in sorted(groups[key].items()):
             seeds = sorted(runs)
             row = {"flags": dict(key), "lam": lam, "seeds": seeds,
-                   **{k: [runs[s][k] for s in seeds] for k in STATS},
-                   **{k: [runs[s][k] for s in seeds if runs[s][k] is not None]  # may be absent
-                      for k in ("plateau", "diff_var")}}
+                   **{k: [runs[s][k] for s in seeds if runs[s][k] is not None] for k in STATS}}
             if lam > 0:
                 both = [s for s in seeds if s in base]
                 row.update({f"gain_{k}": [runs[s][k] - base[s][k] for s in both]
@@ -302,72 +295,32 @@ def contrast_markdown(rows, m1, m2):
 def provenance(groups, rows):
     """The commits, a warning per group whose runs mix commits, and the flags every run
     shares where they are not train.py's defaults."""
-    parser, other = train.get_parser(), varying(rows)
+    other = varying(rows)
+    defaults = vars(train.get_parser().parse_args([]))  # a flag train.py lost goes unnamed
     commits = {g: {r["commit"] for runs in by_lam.values() for r in runs.values()}
                for g, by_lam in groups.items()}
     lines = [f"code: commit(s) {', '.join(sorted(set().union(*commits.values())))}"]
     lines += [f"warning: the runs of {named(dict(g), sorted({'loss', 'batch_size', *other}))} come "
               f"from several commits (a change of code between them?): "
               f"{', '.join(sorted(c))}" for g, c in commits.items() if len(c) > 1]
-    shared = {k: v for k, v in rows[0]["flags"].items() if k not in other and k not in SWEPT
-              and v != parser.get_default(k)}
+    shared = {k: v for k, v in rows[0]["flags"].items() if k in defaults and k not in other
+              and k not in SWEPT and v != defaults[k]}
     return "\n".join(lines + ["every run: " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in sorted(shared.items()))])
 
 
-def plot(rows, plot_dir, probe="sgd"):
-    """With several m, sweep_batch_size.png: Var[s_neg] and linear accuracy against m, one line
-    per (loss, lam, other flags); with several tau, sweep_gain_vs_tau.png: the linear and kNN
-    gains and the relative drop of Var[s_neg] against tau. Bars: 95 % t intervals; `probe`
-    names the linear probe on the axes. Drawn by figures.py, imported here only (and with it
-    matplotlib)."""
-    import figures
-
-    os.makedirs(plot_dir, exist_ok=True)
-    plots = []
-    if len({r["flags"]["batch_size"] for r in rows}) > 1:
-        plots.append(("batch_size", ("neg_var", "linear"), "batch size m",
-                      ("Var[s_neg] (Table 1 protocol)", f"linear probe top-1 (%), {probe}"),
-                      "sweep_batch_size"))
-    if len({r["flags"].get("temperature") for r in rows}) > 1:
-        plots.append(("temperature", ("gain_linear", "gain_knn", "var_drop"), "temperature τ",
-                      (f"linear gain over λ = 0 (points), {probe}",
-                       "kNN gain over λ = 0 (points)", "Var[s_neg] drop from λ = 0 (%)"),
-                      "sweep_gain_vs_tau"))
-    paths = []
-    for x, keys, xlabel, ylabels, name in plots:
-        others = [k for k in varying(rows, but=("loss",)) if k != x]
-        lines = {}  # label -> [(x, (mean, half-width) of each key)], in order of x
-        for r in sorted((r for r in rows if r.get(keys[0])), key=lambda r: r["flags"][x]):
-            label = ", ".join(filter(None, [r["flags"]["loss"], f"λ = {r['lam']:g}",
-                                            named(r["flags"], others)]))
-            point = (r["flags"][x], *(t_interval(r[k]) for k in keys))
-            lines.setdefault(label, []).append(point)
-        ticks = sorted({r["flags"][x] for r in rows})
-        paths.append(os.path.join(plot_dir, name + ".png"))
-        figures.sweep(lines, ticks, xlabel, ylabels).savefig(paths[-1], dpi=110)
-    return paths
-
-
 def report(args, error):
-    """`sweep.py report`: provenance, tables (stdout and --markdown), figures."""
-    for folder in args.folder:
-        if not os.path.isdir(folder):
-            error(f"{folder} is not a folder of runs")
-    groups = {g: by_lam for g, by_lam in collect(*args.folder, probe=args.probe).items()
-              if not args.batch_sizes or dict(g)["batch_size"] in args.batch_sizes}
+    """`sweep.py report`: provenance and tables (stdout), figures (--plot-dir)."""
+    groups = collect(*args.folder, probe=args.probe)
     if not groups:
-        error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {' '.join(args.folder)}"
-              + (f" with m in {args.batch_sizes}" if args.batch_sizes else ""))
+        error(f"no FOLDER/*/summary.json or FOLDER/*/*/summary.json in {' '.join(args.folder)}")
     unprobed = [run["dir"] for by_lam in groups.values() for runs in by_lam.values()
                 for run in runs.values() if run["linear"] is None]
     if unprobed:
-        error(f"{len(unprobed)} run(s) have no {PROBES[args.probe]} (they predate that probe): "
+        error(f"{len(unprobed)} run(s) have no {PROBES[args.probe][0]} (they predate that probe): "
               f"python eval.py --ckpt RUN adds it, for RUN in {' '.join(unprobed)}")
     rows = summarize(groups)
-    probe = {"sgd": "the paper's protocol, SGD for --probe-epochs",
-             "lbfgs": "fitted to convergence by L-BFGS"}[args.probe]
-    text = provenance(groups, rows) + f"\nlinear probe: {probe}\n\n" + markdown(
+    text = provenance(groups, rows) + f"\nlinear probe: {PROBES[args.probe][1]}\n\n" + markdown(
         rows, varying(rows, but=("loss", "batch_size", "temperature")))
     if args.contrast:
         found = contrast(groups, *args.contrast)
@@ -375,12 +328,11 @@ def report(args, error):
                           f"contrast: no group has λ = 0 and a λ > 0 at both m = "
                           f"{args.contrast[0]} and m = {args.contrast[1]} on a shared seed")
     print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
     if args.plot_dir:
-        for path in plot(rows, args.plot_dir, args.probe):
-            print(f"figure: {path}")
+        os.makedirs(args.plot_dir, exist_ok=True)
+        for name, fig in sweep_figures(rows, args.probe).items():
+            fig.savefig(os.path.join(args.plot_dir, name), dpi=110)
+            print(f"figure: {os.path.join(args.plot_dir, name)}")
     return 0
 
 
@@ -392,47 +344,43 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train every (loss, m, tau, lam, seed) not finished yet")
     r.add_argument("--out", required=True, help="folder of the sweep's run directories: "
-                   "results/<name> to commit the JSON, runs/<name> for scratch (ignored by git)")
+                   "experiments/results/NAME to commit the JSON, runs/NAME for scratch")
     r.add_argument("--losses", nargs="+", default=["simclr"], choices=list(train.LOSSES),
                    help="train.py --loss values")
-    r.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256],
-                   help="train.py --batch-size values m")
-    r.add_argument("--temperatures", type=float, nargs="+", default=None,
+    r.add_argument("--batch-sizes", type=train.checked(int, lambda x: x >= 2, ">= 2"), nargs="+",
+                   default=[16, 32, 64, 128, 256], help="train.py --batch-size values m")
+    r.add_argument("--temperatures", type=train.POSITIVE, nargs="+", default=None,
                    help="train.py --temperature values tau (default: train.py's)")
-    r.add_argument("--lams", type=float, nargs="+", default=[0.0, 1.0],
+    r.add_argument("--lams", type=train.NON_NEGATIVE, nargs="+", default=[0.0, 1.0],
                    help="train.py --vrns-weight values; include 0, the baseline of the gains")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="4 or more give usable confidence intervals (t = 3.18 at 3 degrees)")
-    r.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
+    r.add_argument("--parallel", type=train.COUNT, default=os.cpu_count() or 1,
                    help="runs at once, one CPU thread each (default: one per core)")
     q = sub.add_parser("report", help="tables and figures of a sweep's finished runs")
-    q.add_argument("folder", nargs="+", help="a folder of run directories, or of sweep folders "
-                   "of them; several are reported together (the same runs at two lengths, say)")
+    q.add_argument("folder", nargs="+", type=train.checked(str, os.path.isdir, "a folder"),
+                   help="a folder of run directories, or of sweep folders of them; several are "
+                   "reported together (the same runs at two lengths, say)")
     q.add_argument("--contrast", type=int, nargs=2, metavar=("M1", "M2"),
-                   help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256")
-    q.add_argument("--plot-dir", default=None,
-                   help="also draw the figures into this folder (default: no figures)")
-    q.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="M",
-                   help="report only the runs at these m (default: all), e.g. 256 to draw the "
-                   "temperature figure of one m")
-    q.add_argument("--markdown", default=None, help="also write the tables to this file")
+                   help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256 (the paper "
+                   "finds the gain of L_VRNS larger at small m)")
+    q.add_argument("--plot-dir", help="also draw the figures into this folder (default: none)")
     q.add_argument("--probe", choices=list(PROBES), default="sgd", help="the linear probe the "
-                   "tables show: sgd, the paper's protocol (a fixed number of epochs), or "
-                   "lbfgs, the same classifier fitted to convergence")
+                   "tables show: " + "; or ".join(f"{k}, {d}" for k, (_, d) in PROBES.items()))
     args = p.parse_args(argv)
     if args.command == "report":
         return report(args, p.error)
 
-    given = given_flags(extra)
-    taken = sorted(k for k in given if k in {"threads", "out_dir", "resume", "overwrite"}
+    train_parser, unset = train.get_parser(), object()  # which flags extra names, at any value
+    blank = argparse.Namespace(**dict.fromkeys(vars(train_parser.parse_args([])), unset))
+    given = [k for k, v in vars(train_parser.parse_args(extra, namespace=blank)).items()
+             if v is not unset]
+    taken = sorted(k for k in given if k in {"threads", "out_dir", "resume"}
                    or k in SWEPT and (k != "temperature" or args.temperatures))
     if taken:
         p.error("after --, sweep.py sets these itself: " + ", ".join(
             f"--{k.replace('_', '-')}" + (f" (use {SWEPT[k]})" if k in SWEPT else "")
             for k in taken))
-    if args.parallel < 1 or min(args.batch_sizes) < 2 or min(args.lams) < 0 or \
-            min(args.temperatures or [1]) <= 0:
-        p.error("need --parallel >= 1, batch sizes >= 2, lams >= 0 and temperatures > 0")
     jobs = [(loss, m, tau, lam, s) for s in args.seeds for loss in args.losses
             for tau in args.temperatures or [None] for lam in args.lams for m in args.batch_sizes]
     if len({run_name(*job) for job in jobs}) < len(jobs):
@@ -446,7 +394,7 @@ def main(argv=None):
             print(f"{name}: {status} ({seconds:.0f} s; {time.time() - start:.0f} s in all)",
                   flush=True)
     print(f"{len(jobs)} runs, {failed} failed, {refused} refused; "
-          f"python sweep.py report {args.out}")
+          f"python -m experiments.sweep report {args.out}")
     return 1 if failed or refused else 0
 
 

@@ -1,15 +1,18 @@
 """sweep.py: the t interval, gains paired by seed, groups that never mix flags, the contrast,
-refusing a folder of runs with other flags, the figures' folder, and a tiny real sweep."""
+refusing a folder of runs with other flags and bad values, what `run` launches for a finished, an
+interrupted and a started run, the figures (skipped without matplotlib), and a tiny real sweep."""
 import json
 import math
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
-
-import sweep
-import train
 from conftest import paste_alone
+
+import train
+from experiments import sweep
 
 TINY = ["--train-size", "128", "--test-size", "128", "--width", "4", "--epochs", "1",
         "--track-size", "32", "--monitor-size", "32", "--probe-epochs", "1", "--precision", "fp32"]
@@ -96,6 +99,54 @@ def test_a_folder_with_other_flags_is_refused_untouched(tmp_path, capsys):
         sweep.main([*argv, "--batch-size", "64"])
 
 
+@pytest.mark.parametrize("bad", [
+    ["--batch-sizes", "1"], ["--lams", "-1"], ["--temperatures", "0"], ["--parallel", "0"],
+    ["--", "--batch-size", "128"], ["--", "--batch", "64"], ["--", "--threads", "0"],
+    ["--", "--out-dir", "x"], ["--temperatures", "0.5", "--", "--temperature", "0.2"]])
+def test_run_refuses_bad_values_and_flags_it_sets_itself_before_it_starts(tmp_path, capsys,
+                                                                          monkeypatch, bad):
+    """Even at train.py's default (--batch-size 128, --threads 0) or abbreviated (--batch), a
+    flag that sweep.py sets itself is refused: the run would not be the one its name says."""
+    def launch(out, job, extra):  # a sweep that got this far would train for minutes
+        raise AssertionError(f"launched {job} with {extra}")
+    monkeypatch.setattr(sweep, "launch", launch)
+    with pytest.raises(SystemExit):
+        sweep.main(["run", "--out", str(tmp_path / "out"), *bad])
+    assert "error:" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_launch_skips_finished_resumes_checkpointed_and_restarts_started_runs(tmp_path,
+                                                                           monkeypatch):
+    """What `run` hands train.py for a directory holding a run of the same flags: nothing once
+    it has summary.json, --resume RUN when it has ckpt.pt, else the same command again."""
+    calls = []
+    monkeypatch.setattr(sweep, "subprocess", SimpleNamespace(
+        STDOUT=subprocess.STDOUT,
+        run=lambda cmd, **kw: calls.append(cmd[1:]) or SimpleNamespace(returncode=0)))
+    job = ("simclr", 32, None, 0.0, 0)
+    run_dir = fake_run(tmp_path, name=sweep.run_name(*job))
+    assert sweep.launch(str(tmp_path), job, [])[1] == "done before" and not calls
+    (run_dir / "summary.json").unlink()
+    (run_dir / "ckpt.pt").write_bytes(b"a checkpoint")
+    assert sweep.launch(str(tmp_path), job, [])[1] == "ok"
+    train_py = os.path.join(sweep.ROOT, "train.py")
+    assert calls == [[train_py, "--resume", str(run_dir)]] and os.path.isfile(train_py)
+    (run_dir / "ckpt.pt").unlink()
+    assert sweep.launch(str(tmp_path), job, [])[1] == "ok"
+    assert calls[1] == [train_py, "--loss", "simclr", "--batch-size", "32", "--vrns-weight",
+                        "0.0", "--seed", "0", "--threads", "1", "--out-dir", str(run_dir)]
+
+
+def test_report_needs_no_matplotlib_without_plot_dir(tmp_path):
+    fake_run(tmp_path)
+    code = (f"import sys; from experiments import sweep; sweep.main(['report', {str(tmp_path)!r}]);"
+            " print('matplotlib' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=sweep.ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False"
+
+
 def test_contrast_of_gains_between_batch_sizes(tmp_path):
     for seed, (g16, g256) in enumerate([(5.0, 1.0), (6.0, 1.0), (7.0, 2.0)]):
         for m, base, gain in ((16, 50.0 + 10 * seed, g16), (256, 60.0 - 3 * seed, g256)):
@@ -109,41 +160,46 @@ def test_contrast_of_gains_between_batch_sizes(tmp_path):
     assert sweep.contrast(sweep.collect(tmp_path), 256, 16)[0]["linear"] == [-4.0, -5.0, -5.0]
 
 
-def test_report_draws_figures_only_when_asked_and_the_tau_figure_shows_the_var_drop(
-        tmp_path, capsys, monkeypatch):
-    for tau, var in (("0.2", 0.15), ("0.5", 0.05)):
+def test_report_names_the_commits_and_draws_nothing_unasked(tmp_path, capsys):
+    for tau in ("0.2", "0.5"):
         for seed in (0, 1):
             fake_run(tmp_path, seed=seed, flags=["--temperature", tau], commit="abc1234")
             fake_run(tmp_path, lam=1.0, seed=seed, flags=["--temperature", tau], linear=52.0,
-                     var=var, commit="def5678" if tau == "0.5" else "abc1234")
+                     commit="def5678" if tau == "0.5" else "abc1234")
     fake_run(tmp_path, m=256, flags=["--temperature", "0.2"], commit="abc1234")
-    assert sweep.main(["report", str(tmp_path), "--markdown", str(tmp_path / "r.md")]) == 0
+    assert sweep.main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "commit(s) abc1234, def5678" in out and out.count("several commits") == 1
-    assert "| simclr | 32 | 0.5 | 1 |" in (tmp_path / "r.md").read_text()
-    assert not list(tmp_path.glob("*.png")) and "figure:" not in out  # nothing unasked for
-    figs = tmp_path / "figs"
-    assert sweep.main(["report", str(tmp_path), "--plot-dir", str(figs)]) == 0
-    for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
-        assert (figs / name).stat().st_size > 1000
-    one_m = tmp_path / "one_m"  # a figure against m needs several m: none of one m
-    assert sweep.main(["report", str(tmp_path), "--batch-sizes", "32", "--plot-dir",
-                       str(one_m), "--markdown", str(tmp_path / "r32.md")]) == 0
-    assert sorted(p.name for p in one_m.iterdir()) == ["sweep_gain_vs_tau.png"]
-    assert "| simclr | 256 |" not in (tmp_path / "r32.md").read_text()
-    assert "| simclr | 256 |" in (tmp_path / "r.md").read_text()
-    drawn = {}
+    assert "| simclr | 32 | 0.5 | 1 |" in out and "| simclr | 256 |" in out
+    assert not list(tmp_path.rglob("*.png")) and "figure:" not in out  # nothing unasked for
 
-    def record(lines, ticks, xlabel, ylabels):  # figures.sweep, keeping what it was given
-        drawn[xlabel] = (lines, ticks, ylabels)
-        return SimpleNamespace(savefig=lambda path, dpi: None)
-    monkeypatch.setattr("figures.sweep", record)
-    sweep.plot(sweep.summarize(sweep.collect(tmp_path)), str(figs))
-    lines, ticks, ylabels = drawn["temperature τ"]
-    assert ticks == [0.2, 0.5] and len(ylabels) == 3 and "drop" in ylabels[2]
-    (points,) = lines.values()  # lam = 1, with (gain_linear, gain_knn, var_drop) per tau
-    assert [(x, lin[0], drop[0]) for x, lin, _, drop in points] == [
-        (0.2, 2.0, pytest.approx(25.0)), (0.5, 2.0, pytest.approx(75.0))]
+
+def test_report_figures_where_a_flag_varies_and_the_tau_figure_shows_the_var_drop(tmp_path,
+                                                                                  capsys):
+    pytest.importorskip("matplotlib")
+    taus = tmp_path / "taus"  # m = 32 at two tau; lam = 1 lowers Var[s_neg] by 25 %, then 75 %
+    for tau, var in (("0.2", 0.15), ("0.5", 0.05)):
+        for seed in (0, 1):
+            fake_run(taus, seed=seed, flags=["--temperature", tau])
+            fake_run(taus, lam=1.0, seed=seed, flags=["--temperature", tau], linear=52.0, var=var)
+    fake_run(tmp_path / "m256", m=256, flags=["--temperature", "0.2"])
+    one_m = tmp_path / "one_m"  # a figure against m needs several m: none of one m
+    assert sweep.main(["report", str(taus), "--plot-dir", str(one_m)]) == 0
+    assert sorted(p.name for p in one_m.iterdir()) == ["sweep_gain_vs_tau.png"]
+    figs = tmp_path / "figs"  # two folders together: m varies too
+    assert sweep.main(["report", str(taus), str(tmp_path / "m256"), "--plot-dir", str(figs)]) == 0
+    out = capsys.readouterr().out
+    for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
+        assert (figs / name).stat().st_size > 1000 and f"figure: {figs / name}\n" in out
+    (fig,) = sweep.sweep_figures(sweep.summarize(sweep.collect(taus)), "lbfgs").values()
+    gain_linear, gain_knn, drop = fig.axes
+    assert "lbfgs" in gain_linear.get_ylabel() and "drop" in drop.get_ylabel()
+    for ax, want in ((gain_linear, [2.0, 2.0]), (gain_knn, [0.0, 0.0]), (drop, [25.0, 75.0])):
+        (line,) = ax.containers  # lam = 1 alone: lam = 0 has no gains
+        assert line.get_label() == "simclr, λ = 1"
+        assert list(line.lines[0].get_xdata()) == [0.2, 0.5]
+        assert list(line.lines[0].get_ydata()) == pytest.approx(want)
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.2", "0.5"]
 
 
 def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
@@ -153,7 +209,7 @@ def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
                      flags=["--epochs", epochs])
     fake_run(tmp_path / "e120", m=16, seed=100, lam=3.0, linear=58.0, flags=["--epochs", "120"])
     folders = [str(tmp_path / "e60"), str(tmp_path / "e120")]
-    assert sweep.main(["report", *folders, "--plot-dir", str(tmp_path / "figs")]) == 0
+    assert sweep.main(["report", *folders]) == 0
     out = capsys.readouterr().out
     for m, epochs, acc in ((16, 60, 40), (256, 60, 40), (16, 120, 55), (256, 120, 55)):
         assert f"| simclr | {m} | 0.2 | 0 | 100 (1) | {acc}.0 |" in out
@@ -161,8 +217,7 @@ def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| simclr | 16 |")]
     assert [row.split()[-2] for row in rows] == ["epochs=60", "epochs=120", "epochs=120"]
     assert "| +3.0 (n=1) |" in out  # lam = 3 paired with lam = 0 of its own length only
-    assert os.listdir(tmp_path / "figs")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit):  # not a folder
         sweep.main(["report", folders[0], str(tmp_path / "missing")])
 
 
