@@ -68,17 +68,20 @@ def t_interval(values):
 # ---- report --plot-dir: a swept flag on the x axis -----------------------------------------------
 
 def sweep_figures(rows, probe):
-    """{file name: Figure} of summarize's rows: where m varies, Var[s_neg] and linear accuracy
-    against m; where tau varies, the gains and the drop of Var[s_neg] from lam = 0 against tau.
-    A line per (loss, lam, other flags), bars: 95 % t intervals (none of one seed); `probe`
-    names the linear probe on the axes."""
+    """{file name: Figure} of summarize's rows: where m varies, Var[s_neg], linear accuracy and
+    the gains over lam = 0 of both probes, a thin line per seed, against m; where tau varies,
+    both arms' linear accuracy (n seeds at each point), the gains and the drop of Var[s_neg]
+    from lam = 0 against tau. A line per (loss, lam, other flags), bars: 95 % t intervals (none
+    of one seed); `probe` names the linear probe on the axes."""
     from matplotlib.figure import Figure  # here: only a report with --plot-dir needs matplotlib
-    figures = [  # (x, file, x label, (quantity, y label) of each panel)
+    acc = ("linear", f"linear probe top-1 (%), {probe}")
+    figures = [  # (x, file, x label, (quantity, y label) of each panel; "/seed": a line each)
         ("batch_size", "sweep_batch_size.png", "batch size m",
-         [("neg_var", "Var[s_neg] (Table 1 protocol)"),
-          ("linear", f"linear probe top-1 (%), {probe}")]),
+         [("neg_var", "Var[s_neg] (Table 1 protocol)"), acc,
+          ("gain_linear/seed", f"linear gain over λ = 0 (points), {probe}"),
+          ("gain_knn/seed", "kNN gain over λ = 0 (points)")]),
         ("temperature", "sweep_gain_vs_tau.png", "temperature τ",
-         [("gain_linear", f"linear gain over λ = 0 (points), {probe}"),
+         [acc, ("gain_linear", f"linear gain over λ = 0 (points), {probe}"),
           ("gain_knn", "kNN gain over λ = 0 (points)"),
           ("var_drop", "Var[s_neg] drop from λ = 0 (%)")])]
     drawn = {}
@@ -87,22 +90,38 @@ def sweep_figures(rows, probe):
         if len(ticks) < 2:
             continue
         others = [k for k in varying(rows, but=("loss",)) if k != x]
-        lines = {}  # label -> its rows, in order of x (lam = 0 has no gains: no row)
-        for r in sorted((r for r in rows if r.get(panels[0][0])), key=lambda r: r["flags"][x]):
+        lines = {}  # label -> its rows, in order of x
+        for r in sorted(rows, key=lambda r: r["flags"][x]):
             label = ", ".join(filter(None, [r["flags"]["loss"], f"λ = {r['lam']:g}",
                                             named(r["flags"], others)]))
             lines.setdefault(label, []).append(r)
-        fig = Figure(figsize=(5 * len(panels), 3.8), layout="constrained")
+        fig = Figure(figsize=(4.5 * len(panels), 3.8), layout="constrained")
         for ax, (key, ylabel) in zip(fig.subplots(1, len(panels)), panels):
-            for label, line in sorted(lines.items()):
+            key, per_seed = key.removesuffix("/seed"), key.endswith("/seed")
+            for i, (label, line) in enumerate(sorted(lines.items())):
+                line = [r for r in line if r.get(key)]  # lam = 0 has no gains
+                for s in sorted({s for r in line for s in r["paired"]}) if per_seed else ():
+                    ax.plot(*zip(*[(r["flags"][x], r[key][r["paired"].index(s)]) for r in line
+                                   if s in r["paired"]]), lw=0.8, marker=".",
+                            label=f"{label}, seed {s}")  # one seed across the x values
+                if not line or per_seed:
+                    continue
                 mean, half = zip(*(t_interval(r[key]) for r in line))
                 ax.errorbar([r["flags"][x] for r in line], mean, yerr=half, marker="o",
-                            capsize=3, label=label)  # half-width nan (one seed): no bar
+                            capsize=3, color=f"C{i}", label=label)  # half-width nan: no bar
+                if key == "linear":  # the seeds behind each point
+                    for r, y in zip(line, mean):
+                        ax.annotate(f"n={len(r[key])}", (r["flags"][x], y), fontsize=7,
+                                    xytext=(3, 5 if i % 2 else -11), color=f"C{i}",
+                                    textcoords="offset points")  # two arms: one below, one above
             ax.set_xscale("log", base=2)
             ax.set_xticks(ticks, [f"{v:g}" for v in ticks])  # not powers of 2
-            ax.set(xlabel=xlabel, ylabel=ylabel)
+            ax.set(xlabel=xlabel, ylabel=ylabel + ", per seed" * per_seed)
             ax.grid(alpha=0.3)
-        fig.axes[0].legend(fontsize=7)
+            if key.startswith("gain"):
+                ax.axhline(0, color="0.3", lw=0.6)  # no gain
+            if per_seed or ax is fig.axes[0]:
+                ax.legend(fontsize=7)
         drawn[name] = fig
     return drawn
 
@@ -198,7 +217,7 @@ def collect(*folders, probe="sgd"):
 
 def summarize(groups):
     """One row per (group, lam): the per-seed values, and for lam > 0 the per-seed differences
-    from lam = 0 on the seeds both have (paired by seed)."""
+    from lam = 0 on the seeds both have (paired by seed; those seeds: "paired")."""
     rows = []
     order = sorted(groups, key=lambda g: [dict(g).get(k) or 0 for k in (
         "loss", "batch_size", "temperature", "epochs")] + [repr(g)])  # absent: 0
@@ -210,8 +229,8 @@ def summarize(groups):
                    **{k: [runs[s][k] for s in seeds if runs[s][k] is not None] for k in STATS}}
             if lam > 0:
                 both = [s for s in seeds if s in base]
-                row.update({f"gain_{k}": [runs[s][k] - base[s][k] for s in both]
-                            for k in ("linear", "knn")})
+                row.update(paired=both, **{f"gain_{k}": [runs[s][k] - base[s][k] for s in both]
+                                           for k in ("linear", "knn")})
                 row["var_drop"] = [100 * (base[s]["neg_var"] - runs[s]["neg_var"])
                                    / base[s]["neg_var"] for s in both]
             rows.append(row)

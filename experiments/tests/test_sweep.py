@@ -182,6 +182,7 @@ def test_report_figures_where_a_flag_varies_and_the_tau_figure_shows_the_var_dro
         for seed in (0, 1):
             fake_run(taus, seed=seed, flags=["--temperature", tau])
             fake_run(taus, lam=1.0, seed=seed, flags=["--temperature", tau], linear=52.0, var=var)
+    fake_run(taus, seed=2, linear=44.0, flags=["--temperature", "0.5"])  # a third baseline
     fake_run(tmp_path / "m256", m=256, flags=["--temperature", "0.2"])
     one_m = tmp_path / "one_m"  # a figure against m needs several m: none of one m
     assert sweep.main(["report", str(taus), "--plot-dir", str(one_m)]) == 0
@@ -192,7 +193,7 @@ def test_report_figures_where_a_flag_varies_and_the_tau_figure_shows_the_var_dro
     for name in ("sweep_batch_size.png", "sweep_gain_vs_tau.png"):
         assert (figs / name).stat().st_size > 1000 and f"figure: {figs / name}\n" in out
     (fig,) = sweep.sweep_figures(sweep.summarize(sweep.collect(taus)), "lbfgs").values()
-    gain_linear, gain_knn, drop = fig.axes
+    accuracy, gain_linear, gain_knn, drop = fig.axes
     assert "lbfgs" in gain_linear.get_ylabel() and "drop" in drop.get_ylabel()
     for ax, want in ((gain_linear, [2.0, 2.0]), (gain_knn, [0.0, 0.0]), (drop, [25.0, 75.0])):
         (line,) = ax.containers  # lam = 1 alone: lam = 0 has no gains
@@ -200,6 +201,35 @@ def test_report_figures_where_a_flag_varies_and_the_tau_figure_shows_the_var_dro
         assert list(line.lines[0].get_xdata()) == [0.2, 0.5]
         assert list(line.lines[0].get_ydata()) == pytest.approx(want)
         assert [t.get_text() for t in ax.get_xticklabels()] == ["0.2", "0.5"]
+    base, term = accuracy.containers  # both arms, each point with its number of seeds
+    assert [base.get_label(), term.get_label()] == ["simclr, λ = 0", "simclr, λ = 1"]
+    assert list(base.lines[0].get_ydata()) == pytest.approx([50.0, 48.0])  # (50 + 50 + 44) / 3
+    assert list(term.lines[0].get_ydata()) == pytest.approx([52.0, 52.0])
+    assert [(t.get_text(), t.xy) for t in accuracy.texts] == [
+        ("n=2", (0.2, 50.0)), ("n=3", (0.5, 48.0)), ("n=2", (0.2, 52.0)), ("n=2", (0.5, 52.0))]
+
+
+def test_batch_size_figure_draws_the_paired_gain_of_each_seed(tmp_path):
+    pytest.importorskip("matplotlib")
+    gains = {0: {16: 3.0, 64: 1.0}, 1: {16: 5.0, 64: -1.0}}  # seed -> m -> gain, linear probe
+    for seed, by_m in gains.items():
+        for m, gain in by_m.items():
+            fake_run(tmp_path, m=m, seed=seed, linear=50.0 + 10 * seed, knn=40.0 - m / 16)
+            fake_run(tmp_path, m=m, lam=3.0, seed=seed, linear=50.0 + 10 * seed + gain,
+                     knn=40.0 - m / 16 + 2 * gain)
+    fake_run(tmp_path, m=16, lam=3.0, seed=2, linear=99.0)  # no baseline: no line of its own
+    fake_run(tmp_path, m=64, seed=3, linear=10.0)  # no lam = 3 run: no line either
+    (fig,) = sweep.sweep_figures(sweep.summarize(sweep.collect(tmp_path)), "lbfgs").values()
+    var, accuracy, gain_linear, gain_knn = fig.axes
+    assert len(accuracy.containers) == 2 and "lbfgs" in gain_linear.get_ylabel()
+    for ax, scale in ((gain_linear, 1.0), (gain_knn, 2.0)):
+        seeds = [line for line in ax.lines if not line.get_label().startswith("_")]
+        assert [line.get_label() for line in seeds] == [
+            "simclr, λ = 3, seed 0", "simclr, λ = 3, seed 1"]  # and the zero line, unlabelled
+        for line, seed in zip(seeds, (0, 1)):
+            assert list(line.get_xdata()) == [16, 64]
+            assert list(line.get_ydata()) == pytest.approx([scale * gains[seed][m]
+                                                            for m in (16, 64)])
 
 
 def test_report_of_several_folders_keeps_their_lengths_apart(tmp_path, capsys):
