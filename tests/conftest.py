@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
+from torchvision.datasets.utils import check_integrity
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +33,11 @@ def paste_alone(fn):
     namespace = dict(PASTE_NAMESPACE)
     exec(textwrap.dedent(inspect.getsource(fn)), namespace)
     return namespace[fn.__name__]
+
+
+@pytest.fixture
+def no_md5(monkeypatch):
+    """torchvision checks every file of CIFAR and STL-10 against the real dataset's MD5 sum:
+    accept any file that exists instead (its own check without a sum), so tiny files load."""
+    for module in (torchvision.datasets.cifar, torchvision.datasets.stl10):
+        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: check_integrity(path))
