@@ -48,7 +48,7 @@ def first_step_of(argv, monkeypatch, tmp_path):
     seen = {}
 
     def record(net, optimizer, x, y, **kw):
-        seen.update(kw, net=net, x=x, y=y)
+        seen.update(kw, net=net, x=x, y=y, threads=torch.get_num_threads())
         raise Stop
 
     monkeypatch.setattr(train, "contrastive_step", record)
@@ -210,6 +210,14 @@ def test_seeds_share_the_generated_dataset(monkeypatch, tmp_path):
     b = first_step_of(["--seed", "3"], monkeypatch, tmp_path / "b")
     assert torch.equal(a["splits"]["pretrain"], b["splits"]["pretrain"])
     assert not torch.equal(a["x"], b["x"])  # other views of the first batch
+
+
+@pytest.mark.parametrize("load,threads", [(0.2, 2), (1.1, 1), (6.0, 1)])
+def test_threads_are_the_cores_the_load_average_leaves_free(load, threads, monkeypatch,
+                                                             tmp_path):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert first_step_of(["--threads", "0"], monkeypatch, tmp_path)["threads"] == threads
 
 
 # ---- what an epoch's log means -----------------------------------------------------------------
