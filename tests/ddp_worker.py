@@ -57,6 +57,7 @@ for step in range(3):
 assert seen == [(16, 16)] * 3, seen  # the loss saw the global batch
 if rank == 0:
     torch.save({name: p.grad for name, p in model.named_parameters()}, sys.argv[1])
-if world > 1:
-    dist.barrier()  # leave together: gloo aborts a process that tears down mid-conversation
+if world > 1:  # DDP goes before its process group; then all leave together
+    del net
+    dist.barrier()
     dist.destroy_process_group()
