@@ -282,7 +282,7 @@ def load_splits(run, *, data_dir, download=False):
     if name == "imagefolder":  # streamed from root/train and root/val; samples decoded by PIL
         dirs = [os.path.join(data_dir, split) for split in ("train", "val")]
         pretrain = data.ImageFolderPairs(dirs[0], data.imagefolder_two_view_transform(**aug))
-        raw = [data.datasets.ImageFolder(d) for d in dirs]
+        raw = [pretrain.folder, data.datasets.ImageFolder(dirs[1])]  # PIL images
         n, n_test = n or len(raw[0]), n_test or len(raw[1])
         tf = data.imagefolder_eval_transform(aug["size"], aug["mean"], aug["std"])
         train, test = (torch.utils.data.Subset(data.datasets.ImageFolder(d, tf), range(k))
@@ -389,7 +389,7 @@ def main(argv=None):
                 f"({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})")
     try:
         device = models.pick_device(args.device)
-        splits = load_splits(run, data_dir=args.data_dir or run["data_dir"])
+        splits = load_splits(dict(run, monitor_size=0), data_dir=args.data_dir or run["data_dir"])
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
     start, model = time.time(), model_of(ckpt)

@@ -115,7 +115,7 @@ class ContrastiveModel(nn.Module):
 
 def memory_format(model, device):
     """The layout to train model in on device: channels_last (NHWC), the layout of cuDNN's
-    and oneDNN's fast convolutions (1.3x the img/s of NCHW for the default CPU model), except
+    and oneDNN's fast convolutions (experiments/performance.md measures it), except
     on a CPU when a 1x1 stride-2 conv has fewer than 16 input channels (a ResNet's shortcut at
     width * expansion < 16). There oneDNN's backward-weights kernel writes past its buffer or
     returns wrong weight gradients (oneDNN issue #6035: abort at 4 channels on AVX2)."""

@@ -209,9 +209,9 @@ def train(args, splits, resumed=None):
                   f"{tracked['neg_mean']:.4f} Var[neg] {tracked['neg_var']:.4f}" + (
                       f" | kNN monitor {knn:.1f}%" if "monitor" in record else ""), flush=True)
             save_checkpoint(args, model, optimizer, epoch + 1)
-    train_wall = time.time() - start  # -- evaluation, on the main process
-    if world > 1:  # DDP goes before its process group, then every process leaves together
-        del net
+    # -- evaluation, on the main process; DDP is released before its process group
+    train_wall, net = time.time() - start, None
+    if world > 1:  # every process leaves together
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
