@@ -4,6 +4,8 @@ with gains paired by seed and 95 % confidence intervals, figures (the paper's Ta
     python -m experiments.sweep run --out runs/bs --batch-sizes 16 64 256 --lams 0 3 \\
         --seeds 0 1 2 3 -- --epochs 30 --temperature 0.2   # 24 runs, one per core at once
     python -m experiments.sweep report runs/bs --contrast 16 256 --plot-dir runs/bs
+    python -m experiments.sweep report runs/e480 runs/e240 --contrast 16 256 \\
+        --contrast-epochs 480 240    # the gain of m = 16 at 480 epochs against m = 256 at 240
 
 `run` skips a finished run directory, resumes an interrupted one from its ckpt.pt (the same
 command continues after Ctrl-C) and refuses, untouched, one with other result-changing flags.
@@ -237,14 +239,19 @@ def summarize(groups):
     return rows
 
 
-def contrast(groups, m1, m2):
+def contrast(groups, m1, m2, epochs=None):
     """gain(m1) - gain(m2) per (group without m, lam > 0): per seed that has lam = 0 and lam at
-    both m, (acc(m1, lam) - acc(m1, 0)) - (acc(m2, lam) - acc(m2, 0))."""
+    both m, (acc(m1, lam) - acc(m1, 0)) - (acc(m2, lam) - acc(m2, 0)). epochs = (e1, e2) pairs
+    m1 trained for e1 epochs with m2 trained for e2 (two arms brought to equal accuracy)."""
+    first, second = {"batch_size": m1}, {"batch_size": m2}
+    if epochs:
+        first["epochs"], second["epochs"] = epochs
     rows = []
     for key in sorted(groups, key=repr):
         flags = dict(key)
-        one, two = groups[key], groups.get(tuple(sorted({**flags, "batch_size": m2}.items())))
-        if flags["batch_size"] != m1 or not two or 0.0 not in one or 0.0 not in two:
+        one, two = groups[key], groups.get(tuple(sorted({**flags, **second}.items())))
+        if any(flags.get(k) != v for k, v in first.items()) or not two or 0.0 not in one \
+                or 0.0 not in two:
             continue
         for lam in sorted(set(one) & set(two) - {0.0}):
             seeds = sorted(set(one[lam]) & set(one[0.0]) & set(two[lam]) & set(two[0.0]))
@@ -300,10 +307,12 @@ def markdown(rows, other):
         + [named(r["flags"], other)] * bool(other) for r in rows])
 
 
-def contrast_markdown(rows, m1, m2):
+def contrast_markdown(rows, m1, m2, epochs=None):
     """The contrast: one line per (group without m, lam > 0)."""
     other = varying(rows, but=("loss", "temperature"))
-    head = ["loss", "τ", "λ", "seeds", f"linear gain(m={m1}) - gain(m={m2}), 95 % CI",
+    one, two = (f"m={m1}", f"m={m2}") if not epochs else (f"m={m1}, {epochs[0]} epochs",
+                                                          f"m={m2}, {epochs[1]} epochs")
+    head = ["loss", "τ", "λ", "seeds", f"linear gain({one}) - gain({two}), 95 % CI",
             "same, kNN"] + ["other flags"] * bool(other)
     return table(head, [[r["flags"]["loss"], r["flags"].get("temperature"), f"{r['lam']:g}",
                          ",".join(map(str, r["seeds"])), cell(r["linear"], "+.1f", True),
@@ -342,10 +351,11 @@ def report(args, error):
     text = provenance(groups, rows) + f"\nlinear probe: {PROBES[args.probe][1]}\n\n" + markdown(
         rows, varying(rows, but=("loss", "batch_size", "temperature")))
     if args.contrast:
-        found = contrast(groups, *args.contrast)
-        text += "\n\n" + (contrast_markdown(found, *args.contrast) if found else
-                          f"contrast: no group has λ = 0 and a λ > 0 at both m = "
-                          f"{args.contrast[0]} and m = {args.contrast[1]} on a shared seed")
+        found = contrast(groups, *args.contrast, args.contrast_epochs)
+        text += "\n\n" + (contrast_markdown(found, *args.contrast, args.contrast_epochs)
+                          if found else f"contrast: no group has λ = 0 and a λ > 0 at both m = "
+                          f"{args.contrast[0]} and m = {args.contrast[1]} on a shared seed"
+                          + (" at those epochs" if args.contrast_epochs else ""))
     print(text)
     if args.plot_dir:
         os.makedirs(args.plot_dir, exist_ok=True)
@@ -383,10 +393,15 @@ def main(argv=None):
     q.add_argument("--contrast", type=int, nargs=2, metavar=("M1", "M2"),
                    help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256 (the paper "
                    "finds the gain of L_VRNS larger at small m)")
+    q.add_argument("--contrast-epochs", type=train.COUNT, nargs=2, metavar=("E1", "E2"),
+                   help="pair M1 trained for E1 epochs with M2 trained for E2, e.g. 480 240: the "
+                   "gain at matched accuracy (default: equal epochs)")
     q.add_argument("--plot-dir", help="also draw the figures into this folder (default: none)")
     q.add_argument("--probe", choices=list(PROBES), default="sgd", help="the linear probe the "
                    "tables show: " + "; or ".join(f"{k}, {d}" for k, (_, d) in PROBES.items()))
     args = p.parse_args(argv)
+    if args.command == "report" and args.contrast_epochs and not args.contrast:
+        p.error("--contrast-epochs needs --contrast M1 M2")
     if args.command == "report":
         return report(args, p.error)
 

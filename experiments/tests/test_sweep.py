@@ -160,6 +160,25 @@ def test_contrast_of_gains_between_batch_sizes(tmp_path):
     assert sweep.contrast(sweep.collect(tmp_path), 256, 16)[0]["linear"] == [-4.0, -5.0, -5.0]
 
 
+def test_contrast_pairs_the_epochs_asked_for(tmp_path, capsys):
+    for seed in (0, 1):  # m = 16 at 480 epochs against m = 256 at 240, not at 480
+        for m, epochs, gain in ((16, 480, 2.0 + seed), (256, 240, 1.0), (256, 480, -9.0)):
+            flags = ["--epochs", str(epochs)]
+            fake_run(tmp_path, m=m, seed=seed, linear=50.0, flags=flags)
+            fake_run(tmp_path, m=m, lam=3.0, seed=seed, linear=50.0 + gain, flags=flags)
+    groups = sweep.collect(tmp_path)
+    (row,) = sweep.contrast(groups, 16, 256, (480, 240))
+    assert row["linear"] == [1.0, 2.0] and row["flags"]["epochs"] == 480
+    assert sweep.contrast(groups, 16, 256)[0]["linear"] == [11.0, 12.0]  # equal epochs: 480
+    assert sweep.contrast(groups, 16, 256, (240, 480)) == []  # no m = 16 run of 240 epochs
+    sweep.main(["report", str(tmp_path), "--contrast", "16", "256", "--contrast-epochs", "480",
+                "240"])
+    assert "gain(m=16, 480 epochs) - gain(m=256, 240 epochs)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sweep.main(["report", str(tmp_path), "--contrast-epochs", "480", "240"])
+    assert "needs --contrast" in capsys.readouterr().err
+
+
 def test_report_names_the_commits_and_draws_nothing_unasked(tmp_path, capsys):
     for tau in ("0.2", "0.5"):
         for seed in (0, 1):
