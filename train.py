@@ -133,10 +133,11 @@ def train(args, splits, resumed=None):
     optimizer = (torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9,
                                  weight_decay=args.weight_decay) if args.optimizer == "sgd" else
                  torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=args.weight_decay))
-    first_epoch = 0 if resumed is None else resumed["epoch"]
+    first_epoch, before = 0, 0.0  # epochs and seconds of training before a resume
     if resumed is not None:  # no random state: batches and views are seeded by (seed, epoch)
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
+        first_epoch, before = resumed["epoch"], resumed.get("train_wall_s", 0.0)
     net, gather = model, None
     if world > 1:  # the loss over the global batch; gradients averaged over processes
         gather = GatherWithGrad.apply
@@ -195,7 +196,7 @@ def train(args, splits, resumed=None):
                                               device=device, generator=torch.Generator(
                                                   device=device).manual_seed(args.seed + 1))
             record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": lr,
-                      "elapsed_s": round(time.time() - start, 2),
+                      "elapsed_s": round(before + time.time() - start, 2),  # resumes included
                       "batch": dict(zip(STEP_STATS, (sums / steps_per_epoch).tolist())),
                       "tracked": tracked, "theory": predicted}
             if splits["monitor"] is not None:
@@ -208,15 +209,15 @@ def train(args, splits, resumed=None):
             print(f"epoch {epoch + 1}: tracked pos {tracked['pos_mean']:.3f} neg "
                   f"{tracked['neg_mean']:.4f} Var[neg] {tracked['neg_var']:.4f}" + (
                       f" | kNN monitor {knn:.1f}%" if "monitor" in record else ""), flush=True)
-            save_checkpoint(args, model, optimizer, epoch + 1)
+            save_checkpoint(args, model, optimizer, epoch + 1, record["elapsed_s"])
     # -- evaluation, on the main process; DDP is released before its process group
-    train_wall, net = time.time() - start, None
+    train_wall, net = before + time.time() - start, None
     if world > 1:  # every process leaves together
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         finish(args, model, optimizer, splits, device=device, world=world, bf16=bf16,
-               train_wall=train_wall, launched=launched)
+               train_wall=train_wall, launched=launched - before)
 
 
 def finish(args, model, optimizer, splits, *, device, world, bf16, train_wall, launched):
@@ -230,7 +231,7 @@ def finish(args, model, optimizer, splits, *, device, world, bf16, train_wall, l
                     round(train_wall, 1), "total_wall_s": round(time.time() - launched, 1)})
     with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    save_checkpoint(args, model, optimizer, args.epochs, finished=True)
+    save_checkpoint(args, model, optimizer, args.epochs, train_wall, finished=True)
     theory.print_rows(summary["theory_rows"])
     print(f"linear probe {summary['linear_acc']:.2f}% (random-init encoder "
           f"{summary['random_init']['linear_acc']:.2f}%; fitted to convergence "
@@ -268,8 +269,7 @@ def get_parser():
     a("--data-dir", default="data", help="torchvision's layout; imagefolder: train/ and val/")
     a("--download", action="store_true", help="download CIFAR/STL-10 into --data-dir (internet)")
     a("--data-seed", type=SIZE, default=0, help="seed of the generated shapes (not --seed's)")
-    a("--image-size", type=SIZE, default=0, help="crop side; 0 = the preset's (32, STL-10 96, "
-      "ImageFolder 224)")
+    a("--image-size", type=SIZE, default=0, help="crop side; 0 = 32, STL-10 96, ImageFolder 224")
     a("--train-size", type=SIZE, default=0, help="the first N training images (0 = all): n = N")
     a("--test-size", type=SIZE, default=0, help="the first N test images (0 = all)")
     # the model
@@ -313,8 +313,7 @@ def get_parser():
     a("--log-every", type=COUNT, default=20, help="steps between progress lines (a GPU waits)")
     a("--monitor-size", type=SIZE, default=500, help="kNN accuracy of this many test images "
       "against as many training images after every epoch (0 = off; +-2 points at 80 %%)")
-    a("--track-size", type=COUNT, default=1024, help="training images whose statistics are "
-      "logged every epoch")
+    a("--track-size", type=COUNT, default=1024, help="training images whose stats are logged")
     a("--probe-epochs", type=COUNT, default=200, help="SGD linear probe epochs (the paper: 200)")
     a("--workers", type=SIZE, default=8, help="DataLoader workers (imagefolder only)")
     return p
@@ -397,11 +396,12 @@ def epoch_views(source, batches, *, rows, aug, generator, seed, workers, device)
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def save_checkpoint(args, model, optimizer, epoch, finished=False):
-    """OUT_DIR/ckpt.pt after `epoch` epochs, renamed over the old one once written whole."""
+def save_checkpoint(args, model, optimizer, epoch, train_wall_s=0.0, finished=False):
+    """OUT_DIR/ckpt.pt after `epoch` epochs; renamed over the old one once written whole."""
     path = os.path.join(args.out_dir, "ckpt.pt")
-    torch.save({"args": vars(args), "model": model.state_dict(), "epoch": epoch,
-                "optimizer": optimizer.state_dict(), "finished": finished}, path + ".tmp")
+    torch.save({"args": vars(args), "model": model.state_dict(), "epoch": epoch, "finished":
+                finished, "train_wall_s": train_wall_s, "optimizer": optimizer.state_dict()},
+               path + ".tmp")
     os.replace(path + ".tmp", path)
 
 

@@ -365,7 +365,12 @@ def test_ctrl_c_loses_at_most_the_epoch_and_resume_is_exact(where, count, tmp_pa
     monkeypatch.undo()
     ckpt = torch.load(cut / "ckpt.pt")
     assert ckpt["epoch"] == 1 and not ckpt["finished"] and not (cut / "summary.json").exists()
+    assert ckpt["train_wall_s"] == read_jsonl(cut / "metrics.jsonl")[0]["elapsed_s"] > 0
+    torch.save({**ckpt, "train_wall_s": 1000.0}, cut / "ckpt.pt")  # as if epoch 1 took 1,000 s
     train.main(["--resume", str(cut), "--log-every", "2"])
+    summary = json.loads((cut / "summary.json").read_text())  # the times count both parts
+    assert [r["elapsed_s"] > 1000 for r in read_jsonl(cut / "metrics.jsonl")] == [0, 1, 1]
+    assert summary["total_wall_s"] > summary["train_wall_s"] > 1000
     a, b = torch.load(full / "ckpt.pt"), torch.load(cut / "ckpt.pt")
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
