@@ -276,8 +276,7 @@ def _cell(x):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial embeddings "
-                   "(default 0); every row should pass for any seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial embeddings; any passes")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # tiny tensors: a second thread only adds overhead
     start = time.time()

@@ -4,8 +4,6 @@ with gains paired by seed and 95 % confidence intervals, figures (the paper's Ta
     python -m experiments.sweep run --out runs/bs --batch-sizes 16 64 256 --lams 0 3 \\
         --seeds 0 1 2 3 -- --epochs 30 --temperature 0.2   # 24 runs, one per core at once
     python -m experiments.sweep report runs/bs --contrast 16 256 --plot-dir runs/bs
-    python -m experiments.sweep report runs/e480 runs/e240 --contrast 16 256 \\
-        --contrast-epochs 480 240    # the gain of m = 16 at 480 epochs against m = 256 at 240
 
 `run` skips a finished run directory, resumes an interrupted one from its ckpt.pt (the same
 command continues after Ctrl-C) and refuses, untouched, one with other result-changing flags.
@@ -39,32 +37,26 @@ STATS = ("linear", "knn", "pos_mean", "neg_mean", "neg_var", "diff_var", "platea
 
 def mean_std(values):
     """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
+    n, mean = len(values), sum(values) / len(values)
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else 0.0
 
 
 def t_interval(values):
-    """(mean, half-width) of the 95 % confidence interval of the mean from Student's t with
-    n - 1 degrees of freedom; the half-width is nan for a single value. For paired data pass
-    the per-seed differences."""
-    n = len(values)
-    mean = sum(values) / n
+    """(mean, half-width) of the 95 % confidence interval of the mean, Student's t with n - 1
+    degrees of freedom (half-width nan for one value). Paired data: the per-seed differences."""
+    n, mean = len(values), sum(values) / len(values)
     if n < 2:
         return mean, math.nan
-    sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
-    df = n - 1
+    sd, df = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)), n - 1
     t975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
             2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
             2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # 0.975 quantiles, df = 1..30
-    if df <= 30:
-        t = t975[df - 1]
-    else:  # Cornish-Fisher expansion around the normal quantile; error < 1e-5 for df > 30
+    if df > 30:  # Cornish-Fisher expansion around the normal quantile; error < 1e-5
         z = 1.959964
         t = z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2) \
             + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3)
-    return mean, t * sd / math.sqrt(n)
+        return mean, t * sd / math.sqrt(n)
+    return mean, t975[df - 1] * sd / math.sqrt(n)
 
 
 # ---- report --plot-dir: a swept flag on the x axis -----------------------------------------------
@@ -243,15 +235,13 @@ def contrast(groups, m1, m2, epochs=None):
     """gain(m1) - gain(m2) per (group without m, lam > 0): per seed that has lam = 0 and lam at
     both m, (acc(m1, lam) - acc(m1, 0)) - (acc(m2, lam) - acc(m2, 0)). epochs = (e1, e2) pairs
     m1 trained for e1 epochs with m2 trained for e2 (two arms brought to equal accuracy)."""
-    first, second = {"batch_size": m1}, {"batch_size": m2}
-    if epochs:
-        first["epochs"], second["epochs"] = epochs
+    first, second = ({"batch_size": m, **({"epochs": e} if e else {})}
+                     for m, e in zip((m1, m2), epochs or (None, None)))
     rows = []
     for key in sorted(groups, key=repr):
         flags = dict(key)
         one, two = groups[key], groups.get(tuple(sorted({**flags, **second}.items())))
-        if any(flags.get(k) != v for k, v in first.items()) or not two or 0.0 not in one \
-                or 0.0 not in two:
+        if not (first.items() <= flags.items() and two and 0.0 in one and 0.0 in two):
             continue
         for lam in sorted(set(one) & set(two) - {0.0}):
             seeds = sorted(set(one[lam]) & set(one[0.0]) & set(two[lam]) & set(two[0.0]))
@@ -310,8 +300,8 @@ def markdown(rows, other):
 def contrast_markdown(rows, m1, m2, epochs=None):
     """The contrast: one line per (group without m, lam > 0)."""
     other = varying(rows, but=("loss", "temperature"))
-    one, two = (f"m={m1}", f"m={m2}") if not epochs else (f"m={m1}, {epochs[0]} epochs",
-                                                          f"m={m2}, {epochs[1]} epochs")
+    one, two = (f"m={m}" + (f", {e} epochs" if e else "") for m, e in zip((m1, m2),
+                                                                       epochs or (0, 0)))
     head = ["loss", "τ", "λ", "seeds", f"linear gain({one}) - gain({two}), 95 % CI",
             "same, kNN"] + ["other flags"] * bool(other)
     return table(head, [[r["flags"]["loss"], r["flags"].get("temperature"), f"{r['lam']:g}",
@@ -354,8 +344,7 @@ def report(args, error):
         found = contrast(groups, *args.contrast, args.contrast_epochs)
         text += "\n\n" + (contrast_markdown(found, *args.contrast, args.contrast_epochs)
                           if found else f"contrast: no group has λ = 0 and a λ > 0 at both m = "
-                          f"{args.contrast[0]} and m = {args.contrast[1]} on a shared seed"
-                          + (" at those epochs" if args.contrast_epochs else ""))
+                          f"{args.contrast[0]} and m = {args.contrast[1]} on a shared seed")
     print(text)
     if args.plot_dir:
         os.makedirs(args.plot_dir, exist_ok=True)
@@ -390,19 +379,17 @@ def main(argv=None):
     q.add_argument("folder", nargs="+", type=train.checked(str, os.path.isdir, "a folder"),
                    help="a folder of run directories, or of sweep folders of them; several are "
                    "reported together (the same runs at two lengths, say)")
-    q.add_argument("--contrast", type=int, nargs=2, metavar=("M1", "M2"),
-                   help="also print gain(M1) - gain(M2) paired by seed, e.g. 16 256 (the paper "
-                   "finds the gain of L_VRNS larger at small m)")
+    q.add_argument("--contrast", type=int, nargs=2, metavar=("M1", "M2"), help="also print "
+                   "gain(M1) - gain(M2) paired by seed, e.g. 16 256 (the paper: larger at small m)")
     q.add_argument("--contrast-epochs", type=train.COUNT, nargs=2, metavar=("E1", "E2"),
-                   help="pair M1 trained for E1 epochs with M2 trained for E2, e.g. 480 240: the "
-                   "gain at matched accuracy (default: equal epochs)")
+                   help="M1 trained for E1 epochs against M2 for E2, e.g. 480 240 (default: equal)")
     q.add_argument("--plot-dir", help="also draw the figures into this folder (default: none)")
     q.add_argument("--probe", choices=list(PROBES), default="sgd", help="the linear probe the "
                    "tables show: " + "; or ".join(f"{k}, {d}" for k, (_, d) in PROBES.items()))
     args = p.parse_args(argv)
-    if args.command == "report" and args.contrast_epochs and not args.contrast:
-        p.error("--contrast-epochs needs --contrast M1 M2")
     if args.command == "report":
+        if args.contrast_epochs and not args.contrast:
+            p.error("--contrast-epochs needs --contrast M1 M2")
         return report(args, p.error)
 
     train_parser, unset = train.get_parser(), object()  # which flags extra names, at any value
